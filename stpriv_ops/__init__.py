@@ -6,7 +6,23 @@ extension is missing.
 """
 from . import reference
 from ._extension import has_ops, has_triton
+from .gumbel import gumbel_keep, gumbel_topk
+from .losses import sparsity_loss
 from .masked_attention import masked_attention
+from .masked_mean import masked_mean
+from .topk import gather_tokens, scatter_tokens, topk_keep
 
-__all__ = ["has_ops", "has_triton", "masked_attention", "reference"]
+__all__ = [
+    "gather_tokens",
+    "gumbel_keep",
+    "gumbel_topk",
+    "has_ops",
+    "has_triton",
+    "masked_attention",
+    "masked_mean",
+    "reference",
+    "scatter_tokens",
+    "sparsity_loss",
+    "topk_keep",
+]
 __version__ = "0.1.0"
