@@ -1,0 +1,149 @@
+"""``STPrivacyConfig``: every size and switch of the STPrivacy model, as one plain dataclass."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class STPrivacyConfig:
+    """Geometry, sizes and switches of STPrivacy; the defaults are the paper's ViT-S (§4.3).
+
+    Videos are ``Tensor[B, in_chans, frames, image_size, image_size]`` with pixels in [0, 1];
+    black (the value of a dropped tubelet) is 0. Tubelets are ``tubelet = (dT, dH, dW)``, so the
+    model sees ``L = frames / dT`` time steps of ``N = (image_size / dH) * (image_size / dW)``
+    tubelets each.
+
+    Attributes:
+        frames: frames per clip (T).
+        image_size: frame height and width (square frames).
+        in_chans: channels per frame.
+        tubelet: ``(dT, dH, dW)``, the Conv3d kernel and stride of the tokenizer.
+        embed_dim: token width D.
+        num_heads: attention heads (must divide ``embed_dim``).
+        depth: transformer blocks in each privacy sparsification block (PSB).
+        num_psb: number of PSBs; ``depth * num_psb`` blocks in all (12 for ViT-S).
+        pab_depth: transformer blocks in the privacy anonymization block (PAB).
+        mlp_ratio: hidden width of the MLPs, as a multiple of ``embed_dim``.
+        qkv_bias: whether the fused qkv projection has a bias.
+        alpha: keep ratio per PSB; after PSB ``m`` (1-based) a fraction ``alpha ** m`` of each
+            time step's tubelets is kept. 1 keeps everything (the "anonymization only" ablation).
+        gumbel_tau: temperature of the Gumbel-softmax relaxation in training.
+        attn_eps: the smoothing term of the masked attention (DynamicViT's ``eps``).
+        use_psb: False drops nothing and skips the predictors (an unpruned ViT encoder).
+        use_pab: False outputs the sparsified input (kept tubelets' raw pixels, dropped ones
+            black) instead of the decoder's output (the "sparsification only" ablation).
+    """
+
+    frames: int = 16
+    image_size: int = 112
+    in_chans: int = 3
+    tubelet: tuple[int, int, int] = (2, 16, 16)
+    embed_dim: int = 384
+    num_heads: int = 6
+    depth: int = 4
+    num_psb: int = 3
+    pab_depth: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    alpha: float = 0.7
+    gumbel_tau: float = 1.0
+    attn_eps: float = 1e-6
+    use_psb: bool = True
+    use_pab: bool = True
+
+    def __post_init__(self) -> None:
+        self.tubelet = tuple(self.tubelet)
+        for name in ("frames", "image_size", "in_chans", "embed_dim", "num_heads", "depth", "num_psb", "pab_depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if len(self.tubelet) != 3 or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in self.tubelet):
+            raise ValueError(f"tubelet must be three positive ints (dT, dH, dW), got {self.tubelet!r}")
+        dt, dh, dw = self.tubelet
+        if self.frames % dt:
+            raise ValueError(f"frames ({self.frames}) must be divisible by the tubelet's time size dT ({dt})")
+        if self.image_size % dh or self.image_size % dw:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by the tubelet's spatial size "
+                f"dH x dW ({dh} x {dw})"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.embed_dim < 3:
+            raise ValueError(f"embed_dim must be >= 3 (the predictor splits it in thirds), got {self.embed_dim}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if not (self.gumbel_tau > 0 and math.isfinite(self.gumbel_tau)):
+            raise ValueError(f"gumbel_tau must be a positive finite float, got {self.gumbel_tau}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.attn_eps < 0:
+            raise ValueError(f"attn_eps must be >= 0, got {self.attn_eps}")
+
+    # ---- derived geometry -------------------------------------------------------------------
+    @property
+    def time_steps(self) -> int:
+        """L: tubelets along time."""
+        return self.frames // self.tubelet[0]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(h, w): tubelets along height and width."""
+        return self.image_size // self.tubelet[1], self.image_size // self.tubelet[2]
+
+    @property
+    def tokens_per_step(self) -> int:
+        """N: tubelets per time step."""
+        h, w = self.grid_size
+        return h * w
+
+    @property
+    def num_tokens(self) -> int:
+        """L * N."""
+        return self.time_steps * self.tokens_per_step
+
+    @property
+    def tubelet_pixels(self) -> int:
+        """Values in one tubelet, ``in_chans * dT * dH * dW`` (the PAB's output width)."""
+        return self.in_chans * math.prod(self.tubelet)
+
+    def target_ratios(self, keep_ratio: float | None = None) -> list[float]:
+        """Cumulative keep ratio after each PSB, ``ratio ** m`` for m = 1..num_psb."""
+        ratio = self.alpha if keep_ratio is None else keep_ratio
+        return [ratio ** (m + 1) for m in range(self.num_psb)] if self.use_psb else []
+
+    # ---- presets and (de)serialization ------------------------------------------------------
+    @classmethod
+    def vit_s(cls, **overrides: Any) -> STPrivacyConfig:
+        """The paper's model: ViT-S (D=384, 6 heads, 12 blocks), 16 x 112 x 112, tubelet 2x16x16."""
+        return cls(**overrides)
+
+    @classmethod
+    def small(cls, **overrides: Any) -> STPrivacyConfig:
+        """A model that trains on 2 CPU cores in minutes: 8 x 32 x 32 clips, 4 x 16 tubelets, D=96."""
+        preset = dict(
+            frames=8, image_size=32, tubelet=(2, 8, 8), embed_dim=96, num_heads=3,
+            depth=1, num_psb=3, pab_depth=2, mlp_ratio=2.0,
+        )
+        preset.update(overrides)
+        return cls(**preset)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (the tubelet as a list)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["tubelet"] = list(self.tubelet)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> STPrivacyConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them."""
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown STPrivacyConfig keys: {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)

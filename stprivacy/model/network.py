@@ -1,0 +1,168 @@
+"""STPrivacy (paper §3): tokenizer, privacy sparsification blocks, privacy anonymization block."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .config import STPrivacyConfig
+from .layers import TubeletEmbed, init_weights, keep_to_pixels, tubelets_to_video
+from .pab import AnonymizationBlock
+from .psb import PrivacySparsificationBlock, tokens_to_keep
+
+
+@dataclass
+class STPrivacyOutput:
+    """What :class:`STPrivacy` returns.
+
+    Attributes:
+        video: ``Tensor[B, C, T, H, W]``, the anonymized video; dropped tubelets are exactly 0
+            (black in the [0, 1] pixel convention).
+        keep: ``Tensor[B, L, N]``, 1 where a tubelet survived every PSB, else 0.
+        keep_masks: one ``Tensor[B, L, N]`` per PSB, the cumulative mask after it (empty when
+            ``use_psb`` is False); with ``target_ratios`` the input of the sparsity loss (Eq. 7).
+        target_ratios: ``ratio ** m`` for PSB m = 1..num_psb.
+    """
+
+    video: Tensor
+    keep: Tensor
+    keep_masks: list[Tensor] = field(default_factory=list)
+    target_ratios: list[float] = field(default_factory=list)
+
+
+class STPrivacy(nn.Module):
+    """Video anonymizer: drops privacy-carrying tubelets, then rewrites the kept ones.
+
+    Training mode decides per tubelet with a hard Gumbel-softmax and keeps all tokens, masking the
+    dropped ones out of attention (``stpriv_ops.masked_attention``, whose keep gradient trains the
+    predictors). Evaluation mode keeps the top ``floor(N * ratio ** m)`` tubelets of every time step
+    after PSB m and removes the rest for real, then scatters the tokens back to the full grid for
+    the anonymization block. The keep ratio is a deployment-time argument (paper §4.6).
+
+    Args:
+        cfg: sizes and switches; see :class:`STPrivacyConfig`.
+    """
+
+    def __init__(self, cfg: STPrivacyConfig):
+        super().__init__()
+        if not isinstance(cfg, STPrivacyConfig):
+            raise TypeError(f"cfg must be an STPrivacyConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.embed = TubeletEmbed(
+            frames=cfg.frames, image_size=cfg.image_size, tubelet=cfg.tubelet, in_chans=cfg.in_chans, embed_dim=D
+        )
+        self.psbs = nn.ModuleList(
+            PrivacySparsificationBlock(
+                D, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                eps=cfg.attn_eps, predictor=cfg.use_psb,
+            )
+            for _ in range(cfg.num_psb)
+        )
+        self.pab = (
+            AnonymizationBlock(
+                D, depth=cfg.pab_depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                out_dim=cfg.tubelet_pixels,
+            )
+            if cfg.use_pab
+            else None
+        )
+        self.apply(init_weights)
+
+    def forward(self, video: Tensor, keep_ratio: float | None = None, *, generator: torch.Generator | None = None
+                ) -> STPrivacyOutput:
+        """Anonymize a batch of clips.
+
+        Args:
+            video: ``Tensor[B, C, T, H, W]``, pixels in [0, 1], the config's geometry.
+            keep_ratio: keep ratio per PSB (``cfg.alpha`` when None); in evaluation it sets how
+                many tubelets survive, in training the sparsity targets returned.
+            generator: random generator for the Gumbel noise (training only).
+
+        Returns:
+            :class:`STPrivacyOutput`.
+        """
+        self._check_video(video)
+        ratio = self._check_ratio(keep_ratio)
+        targets = self.cfg.target_ratios(ratio)
+        x = self.embed(video)
+        if self.training:
+            x, keep, masks = self._encode_train(x, targets, generator)
+        else:
+            x, keep, masks = self._encode_eval(x, targets)
+        B, L, N = video.shape[0], self.cfg.time_steps, self.cfg.tokens_per_step
+        if self.pab is None:
+            anonymized = video if keep is None else video * self.keep_to_pixels(keep.view(B, L, N)).to(video.dtype)
+        else:
+            anonymized = tubelets_to_video(
+                self.pab(x, keep), time_steps=L, grid_size=self.cfg.grid_size, tubelet=self.cfg.tubelet
+            )
+        keep = video.new_ones(B, L, N) if keep is None else keep.view(B, L, N).to(video.dtype)
+        return STPrivacyOutput(video=anonymized, keep=keep, keep_masks=masks, target_ratios=targets)
+
+    def _encode_train(self, x: Tensor, targets: list[float], generator) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        B = x.shape[0]
+        L, N = self.cfg.time_steps, self.cfg.tokens_per_step
+        keep, masks = None, []
+        for m, psb in enumerate(self.psbs):
+            ratio = targets[m] if targets else 1.0
+            x, keep = psb.forward_train(x, keep, grid=(L, N), ratio=ratio, tau=self.cfg.gumbel_tau, generator=generator)
+            if targets:
+                masks.append(x.new_ones(B, L, N) if keep is None else keep.view(B, L, N))
+        return x, keep, masks
+
+    def _encode_eval(self, x: Tensor, targets: list[float]) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        B, _, D = x.shape
+        L, N = self.cfg.time_steps, self.cfg.tokens_per_step
+        index = torch.arange(N, device=x.device).expand(B, L, N)
+        masks = []
+        for m, psb in enumerate(self.psbs):
+            k = tokens_to_keep(N, targets[m]) if targets else N
+            x, index = psb.forward_eval(x, index, k=k)
+            if targets:
+                masks.append(self._index_to_mask(index, N, x.dtype))
+        if index.shape[-1] == N:
+            return x, None, masks
+        keep = masks[-1].view(B, L * N)
+        return ops.scatter_tokens(x, index, N), keep, masks
+
+    @staticmethod
+    def _index_to_mask(index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+        B, L, _ = index.shape
+        return torch.zeros(B, L, n, dtype=dtype, device=index.device).scatter_(-1, index, 1.0)
+
+    @torch.no_grad()
+    def anonymize(self, video: Tensor, keep_ratio: float | None = None) -> Tensor:
+        """Evaluation-mode forward without gradients: ``Tensor[B, C, T, H, W]`` -> same shape."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(video, keep_ratio).video
+        finally:
+            self.train(was_training)
+
+    def keep_to_pixels(self, keep: Tensor) -> Tensor:
+        """``keep: Tensor[B, L, N]`` -> ``Tensor[B, 1, T, H, W]``, each tubelet's keep value on its pixels."""
+        B = keep.shape[0]
+        h, w = self.cfg.grid_size
+        return keep_to_pixels(keep.reshape(B, self.cfg.time_steps, h, w), tubelet=self.cfg.tubelet)
+
+    def _check_video(self, video: Tensor) -> None:
+        cfg = self.cfg
+        if not isinstance(video, Tensor):
+            raise TypeError(f"video must be a torch.Tensor, got {type(video).__name__}")
+        if not video.is_floating_point():
+            raise TypeError(f"video must be a floating-point tensor (pixels in [0, 1]), got {video.dtype}")
+        expected = (cfg.in_chans, cfg.frames, cfg.image_size, cfg.image_size)
+        if video.dim() != 5 or tuple(video.shape[1:]) != expected or video.shape[0] == 0:
+            raise ValueError(f"video must be [B, C, T, H, W] = [B, {', '.join(map(str, expected))}] with B >= 1, "
+                             f"got {tuple(video.shape)}")
+
+    def _check_ratio(self, keep_ratio: float | None) -> float:
+        if keep_ratio is None:
+            return self.cfg.alpha
+        if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio must be a float in (0, 1] or None, got {keep_ratio!r}")
+        return float(keep_ratio)

@@ -1,0 +1,87 @@
+"""The stpriv ops the model calls, switchable to their eager references for comparisons.
+
+Everything in ``stprivacy.model`` calls the kernels through this module, so that one switch,
+:func:`reference_ops`, runs the same model on ``stpriv_ops.reference`` (DynamicViT-style eager
+PyTorch) instead: that is how the benchmarks and tests compare the two with the same weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import stpriv_ops
+import torch
+from stpriv_ops import reference
+from torch import Tensor
+
+_USE_REFERENCE = contextvars.ContextVar("stprivacy_use_reference_ops", default=False)
+
+
+@contextlib.contextmanager
+def reference_ops(enabled: bool = True) -> Iterator[None]:
+    """Within this context the model runs on the eager reference ops instead of stpriv_ops.
+
+    Example::
+
+        with reference_ops():
+            out = model(video)   # same weights, DynamicViT-style eager attention and means
+    """
+    token = _USE_REFERENCE.set(enabled)
+    try:
+        yield
+    finally:
+        _USE_REFERENCE.reset(token)
+
+
+def using_reference() -> bool:
+    return _USE_REFERENCE.get()
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float, eps: float) -> Tensor:
+    """``Tensor[B, H, N, d]``: attention in which keys with ``keep == 0`` are masked out."""
+    if _USE_REFERENCE.get():
+        return reference.masked_attention(q, k, v, keep, scale, eps)
+    return stpriv_ops.masked_attention(q, k, v, keep, scale=scale, eps=eps)
+
+
+def masked_mean(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """(``Tensor[B, L, C]``, ``Tensor[B, C]``): means of ``x[B, L, N, C]`` over kept tokens."""
+    if _USE_REFERENCE.get():
+        return reference.masked_mean(x, keep)
+    return stpriv_ops.masked_mean(x, keep)
+
+
+def gumbel_keep(log_probs: Tensor, prev: Tensor, tau: float, generator=None, noise: Tensor | None = None) -> Tensor:
+    """``Tensor[B, T]``: hard Gumbel keep decision times ``prev``, straight-through gradient.
+
+    ``noise`` (``Tensor[B, T]``, Logistic(0, 1)) replaces the random draw; the reference path
+    draws it from ``generator`` itself, the kernels generate it in place.
+    """
+    if _USE_REFERENCE.get():
+        if noise is None:
+            uniform = torch.rand(prev.shape, generator=generator, dtype=torch.float32).to(prev.device)
+            noise = reference.logistic_noise(uniform.clamp_(2.0**-24, 1.0 - 2.0**-24))
+        return reference.gumbel_keep(log_probs, prev, noise, tau)
+    return stpriv_ops.gumbel_keep(log_probs, prev, tau=tau, generator=generator, noise=noise)
+
+
+def topk_keep(score: Tensor, k: int) -> Tensor:
+    """``Tensor[B, L, k]`` (int64, sorted): the k best tokens of each time step."""
+    if _USE_REFERENCE.get():
+        return reference.topk_keep(score, k)
+    return stpriv_ops.topk_keep(score, k)
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """``Tensor[B, L*k, D]``: the tokens of ``x[B, L*N, D]`` named by ``idx[B, L, k]``."""
+    if _USE_REFERENCE.get():
+        return reference.gather_tokens(x, idx)
+    return stpriv_ops.gather_tokens(x, idx)
+
+
+def scatter_tokens(y: Tensor, idx: Tensor, n: int) -> Tensor:
+    """``Tensor[B, L*n, D]``: ``y[B, L*k, D]`` put back at ``idx[B, L, k]``; the rest is 0."""
+    if _USE_REFERENCE.get():
+        return reference.scatter_tokens(y, idx, n)
+    return stpriv_ops.scatter_tokens(y, idx, n)
