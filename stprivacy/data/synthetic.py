@@ -1,0 +1,309 @@
+"""An embedded synthetic benchmark that asks the paper's question without any download.
+
+Every video is a grid of ``cell x cell`` squares (``cell`` = the tubelet's spatial size, so a
+tubelet never straddles two kinds of content):
+
+* **Action = motion only.** A bright blob moves with a constant velocity inside a 2x2-cell
+  "actor" region, wrapping around its borders (a torus). The class is the direction of motion.
+  The start position is uniform over the torus, so in *every* frame the blob's position is
+  uniform and independent of the class: no single frame says anything about the action; two
+  frames do.
+* **Privacy = static appearance.** Five attributes named like VP-HMDB51's (face, skin_color,
+  gender, nudity, relationship), each an independent fair coin, each drawn as its own glyph in
+  its own cell (placed at random outside the actor region). The glyph's identity says which
+  attribute it is; one visible property says its value. Visible in any single frame.
+* **Distractors.** Static clutter cells, cells that flicker at random (motion energy that is not
+  the action), per-pixel noise, random brightness of the blob and the glyphs, and a random layout
+  per video, so that a model must look at content, not at fixed positions.
+
+Because privacy and action live in different tubelets, dropping the privacy tubelets removes
+the privacy information and keeps the action: the best possible anonymizer exists. Blurring or
+downsampling the whole frame degrades both kinds of cue, which is the trade-off the paper
+measures. Everything is generated from ``(seed, split, index)``, so two datasets built with the
+same arguments are identical, on any machine, in any worker.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+PRIVACY_ATTRIBUTES = ("face", "skin_color", "gender", "nudity", "relationship")
+
+# Unit velocities of the action classes, (dy, dx): 4 axis directions, then the 4 diagonals.
+DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))
+
+# Base color of each attribute's glyph (identifies the attribute); the label changes a property.
+_GLYPH_COLORS = {
+    "face": (0.95, 0.80, 0.60),
+    "skin_color": (0.85, 0.55, 0.35),
+    "gender": (0.35, 0.55, 0.95),
+    "nudity": (0.95, 0.45, 0.70),
+    "relationship": (0.40, 0.85, 0.45),
+}
+_SPLIT_OFFSET = {"train": 0, "test": 1, "val": 2}
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Sizes of the synthetic benchmark.
+
+    Attributes:
+        frames: T, number of frames (>= 2; the action needs two).
+        size: H = W in pixels; a multiple of ``cell``.
+        cell: side of one content cell in pixels (use the tubelet's spatial size).
+        num_classes: action classes, 2..8 motion directions.
+        speed: blob displacement per frame in pixels.
+        num_static_distractors: cells of static clutter.
+        num_flicker_distractors: cells that blink at random frames.
+        noise_std: standard deviation of the per-pixel Gaussian noise.
+    """
+
+    frames: int = 8
+    size: int = 32
+    cell: int = 8
+    num_classes: int = 4
+    speed: int = 2
+    num_static_distractors: int = 3
+    num_flicker_distractors: int = 1
+    noise_std: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.frames < 2:
+            raise ValueError(f"frames must be >= 2 (the action is motion), got {self.frames}")
+        if self.cell < 4 or self.size % self.cell != 0:
+            raise ValueError(f"size must be a multiple of cell (>= 4), got size={self.size}, cell={self.cell}")
+        if not 2 <= self.num_classes <= len(DIRECTIONS):
+            raise ValueError(f"num_classes must be in [2, {len(DIRECTIONS)}], got {self.num_classes}")
+        if not 1 <= self.speed < 2 * self.cell:
+            raise ValueError(f"speed must be in [1, {2 * self.cell - 1}] pixels/frame, got {self.speed}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        grid = self.size // self.cell
+        needed = 4 + len(PRIVACY_ATTRIBUTES) + self.num_static_distractors + self.num_flicker_distractors
+        if grid < 2 or grid * grid < needed:
+            raise ValueError(
+                f"a {grid}x{grid} grid of cells cannot hold the actor (4 cells), 5 privacy cells and "
+                f"{self.num_static_distractors + self.num_flicker_distractors} distractors; "
+                f"increase size or reduce cell"
+            )
+
+
+def _unit_coords(cell: int) -> tuple[Tensor, Tensor]:
+    """Pixel-center coordinates in [0, 1] of a cell, as (y, x) each Tensor[cell, cell]."""
+    c = (torch.arange(cell, dtype=torch.float32) + 0.5) / cell
+    return torch.meshgrid(c, c, indexing="ij")
+
+
+def _disk(y: Tensor, x: Tensor, cy: float, cx: float, r: float) -> Tensor:
+    return (((y - cy) ** 2 + (x - cx) ** 2) <= r * r).float()
+
+
+def _glyph(name: str, value: int, cell: int, g: torch.Generator) -> Tensor:
+    """One attribute's glyph, Tensor[3, cell, cell]: its color names the attribute, a
+    single-frame property (features, tone, shape, exposed area, count) gives its value."""
+
+    def u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * torch.rand((), generator=g).item()
+
+    y, x = _unit_coords(cell)
+    color = torch.tensor(_GLYPH_COLORS[name]) * u(0.8, 1.1)
+    cy, cx = u(0.42, 0.58), u(0.42, 0.58)
+    if name == "face":  # a head; with value 1 it shows eyes and a mouth, with 0 the back of it
+        mask = _disk(y, x, cy, cx, 0.4)
+        img = color[:, None, None] * mask
+        if value:
+            features = _disk(y, x, cy - 0.12, cx - 0.15, 0.09) + _disk(y, x, cy - 0.12, cx + 0.15, 0.09)
+            features = features + ((abs(y - cy - 0.17) < 0.06) & (abs(x - cx) < 0.2)).float()
+            img = img * (1 - features.clamp(max=1))
+        return img
+    if name == "skin_color":  # a disk whose tone is light (1) or dark (0)
+        tone = u(0.95, 1.1) if value else u(0.35, 0.5)
+        return (color * tone).clamp(max=1)[:, None, None] * _disk(y, x, cy, cx, 0.38)
+    if name == "gender":  # a figure drawn as a triangle (1) or a square (0) of equal area
+        if value:
+            h = 0.75
+            mask = ((y > cy - h / 2) & (y < cy + h / 2) & (abs(x - cx) < (y - cy + h / 2) * 0.6)).float()
+        else:
+            mask = ((abs(y - cy) < 0.3) & (abs(x - cx) < 0.3)).float()
+        return color[:, None, None] * mask
+    if name == "nudity":  # a body whose exposed area is large (1) or covered by a dark garment (0)
+        body = ((abs(y - cy) < 0.42) & (abs(x - cx) < 0.25)).float()
+        if not value:
+            body = body * (1 - 0.75 * (abs(y - cy - 0.05) < 0.3).float())
+        return color[:, None, None] * body
+    if name == "relationship":  # two people side by side (1) or one person alone (0)
+        if value:
+            mask = _disk(y, x, cy, cx - 0.2, 0.16) + _disk(y, x, cy, cx + 0.2, 0.16)
+        else:
+            mask = _disk(y, x, cy, cx, 0.22)
+        return color[:, None, None] * mask.clamp(max=1)
+    raise ValueError(f"unknown privacy attribute {name!r}; expected one of {PRIVACY_ATTRIBUTES}")
+
+
+def _clutter(cell: int, g: torch.Generator) -> Tensor:
+    """A static distractor, Tensor[3, cell, cell]: a gray-ish rectangle or a noise texture."""
+    if torch.rand((), generator=g).item() < 0.5:
+        y, x = _unit_coords(cell)
+        lo = torch.rand(2, generator=g) * 0.5
+        hi = lo + 0.25 + torch.rand(2, generator=g) * 0.25
+        mask = ((y >= lo[0]) & (y <= hi[0]) & (x >= lo[1]) & (x <= hi[1])).float()
+        return (0.2 + 0.5 * torch.rand(3, 1, 1, generator=g)) * mask
+    return 0.6 * torch.rand(1, cell, cell, generator=g).expand(3, -1, -1)
+
+
+def render_actor(
+    side: int, frames: int, velocity: tuple[int, int], y0: int, x0: int, radius: float, brightness: float
+) -> Tensor:
+    """A blob starting at (y0, x0) and moving by ``velocity`` pixels per frame on a
+    ``side x side`` torus: Tensor[3, frames, side, side]. Frame t+1 is frame t rolled by
+    ``velocity``, exactly, because positions and velocities are whole pixels."""
+    t = torch.arange(frames, dtype=torch.float32)[:, None, None]
+    cy = (y0 + velocity[0] * t) % side
+    cx = (x0 + velocity[1] * t) % side
+    pix = torch.arange(side, dtype=torch.float32) + 0.5
+    # Distances on the torus, so the blob wraps around the region's borders.
+    ddy = torch.remainder(pix[None, :, None] - cy + side / 2, side) - side / 2
+    ddx = torch.remainder(pix[None, None, :] - cx + side / 2, side) - side / 2
+    blob = torch.sigmoid((radius - torch.sqrt(ddy**2 + ddx**2)) * 2.0) * brightness
+    return blob.unsqueeze(0).expand(3, -1, -1, -1)
+
+
+def _actor(spec: SyntheticSpec, label: int, g: torch.Generator) -> Tensor:
+    """The actor region of a video of class ``label``, Tensor[3, T, 2*cell, 2*cell].
+
+    The start is uniform over the torus and the other draws ignore the label, so each single
+    frame has the same distribution for every class."""
+    side = 2 * spec.cell
+    y0 = torch.randint(side, (), generator=g).item()
+    x0 = torch.randint(side, (), generator=g).item()
+    radius = spec.cell * (0.3 + 0.1 * torch.rand((), generator=g).item())
+    brightness = 0.75 + 0.25 * torch.rand((), generator=g).item()
+    velocity = (DIRECTIONS[label][0] * spec.speed, DIRECTIONS[label][1] * spec.speed)
+    return render_actor(side, spec.frames, velocity, y0, x0, radius, brightness)
+
+
+# Codes of the layout map returned by make_video(..., return_layout=True).
+CELL_BACKGROUND, CELL_ACTOR, CELL_STATIC, CELL_FLICKER = 0, 1, 2, 3
+CELL_PRIVACY = 4  # CELL_PRIVACY + k is the cell of PRIVACY_ATTRIBUTES[k]
+
+
+def make_video(spec: SyntheticSpec, seed: int, return_layout: bool = False):
+    """Generate one video from a seed.
+
+    Returns:
+        (video, action, privacy): Tensor[3, T, H, W] float32 in [0, 1], an int in
+        [0, num_classes), Tensor[5] float32 of 0/1 in the order of ``PRIVACY_ATTRIBUTES``;
+        with ``return_layout`` also Tensor[grid, grid] int64 of ``CELL_*`` codes saying what
+        each cell holds (for diagnostics: which tubelets a sparsifier keeps).
+    """
+    g = torch.Generator().manual_seed(seed)
+    grid, cell, T = spec.size // spec.cell, spec.cell, spec.frames
+    action = torch.randint(spec.num_classes, (), generator=g).item()
+    privacy = torch.randint(2, (len(PRIVACY_ATTRIBUTES),), generator=g).float()
+
+    background = 0.05 + 0.15 * torch.rand(3, 1, 1, 1, generator=g)
+    video = background.expand(3, T, spec.size, spec.size).clone()
+
+    # Layout: the actor's 2x2 block first, then the other kinds of cell in the remaining ones.
+    ay, ax = torch.randint(grid - 1, (2,), generator=g).tolist()
+    actor_cells = {(ay + i, ax + j) for i in range(2) for j in range(2)}
+    free = [(i, j) for i in range(grid) for j in range(grid) if (i, j) not in actor_cells]
+    order = torch.randperm(len(free), generator=g).tolist()
+    free = [free[k] for k in order]
+
+    layout = torch.full((grid, grid), CELL_BACKGROUND, dtype=torch.long)
+    layout[ay : ay + 2, ax : ax + 2] = CELL_ACTOR
+    video[:, :, ay * cell : (ay + 2) * cell, ax * cell : (ax + 2) * cell] += _actor(spec, action, g)
+
+    def paint(ij: tuple[int, int], patch: Tensor, code: int, frames: Tensor | slice = slice(None)) -> None:
+        i, j = ij
+        layout[i, j] = code
+        region = video[:, frames, i * cell : (i + 1) * cell, j * cell : (j + 1) * cell]
+        video[:, frames, i * cell : (i + 1) * cell, j * cell : (j + 1) * cell] = torch.maximum(
+            region, patch[:, None]
+        )
+
+    for k, name in enumerate(PRIVACY_ATTRIBUTES):
+        paint(free[k], _glyph(name, int(privacy[k]), cell, g), CELL_PRIVACY + k)
+    rest = free[len(PRIVACY_ATTRIBUTES) :]
+    for ij in rest[: spec.num_static_distractors]:
+        paint(ij, _clutter(cell, g), CELL_STATIC)
+    for ij in rest[spec.num_static_distractors : spec.num_static_distractors + spec.num_flicker_distractors]:
+        on = torch.rand(T, generator=g) < 0.5
+        paint(ij, _clutter(cell, g), CELL_FLICKER, on)
+
+    if spec.noise_std > 0:
+        video += spec.noise_std * torch.randn(video.shape, generator=g)
+    video = video.clamp_(0, 1)
+    return (video, action, privacy, layout) if return_layout else (video, action, privacy)
+
+
+class SyntheticVideos(Dataset):
+    """The embedded benchmark as a map-style dataset, generated on the fly.
+
+    Args:
+        split: "train", "test" or "val"; splits draw from disjoint seed streams.
+        num_videos: number of videos in the split.
+        seed: benchmark seed; the same (seed, split, index) always gives the same video.
+        **spec: fields of :class:`SyntheticSpec` (frames, size, cell, num_classes, ...).
+
+    Items are ``(video Tensor[3, T, H, W] in [0, 1], action int, privacy Tensor[5])``.
+    """
+
+    attributes = PRIVACY_ATTRIBUTES
+
+    def __init__(self, split: str = "train", num_videos: int = 512, seed: int = 0, **spec) -> None:
+        if split not in _SPLIT_OFFSET:
+            raise ValueError(f"split must be one of {sorted(_SPLIT_OFFSET)}, got {split!r}")
+        if num_videos < 1:
+            raise ValueError(f"num_videos must be >= 1, got {num_videos}")
+        self.spec = SyntheticSpec(**spec)
+        self.split, self.num_videos, self.seed = split, num_videos, seed
+        self.num_classes = self.spec.num_classes
+        self.num_attributes = len(PRIVACY_ATTRIBUTES)
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    def video_seed(self, index: int) -> int:
+        # A fixed arithmetic mix (not hash(), which Python salts per process).
+        return (self.seed * 1_000_003 + _SPLIT_OFFSET[self.split]) * 10_000_019 + index
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor]:
+        if not -self.num_videos <= index < self.num_videos:
+            raise IndexError(f"index {index} out of range for {self.num_videos} videos")
+        return make_video(self.spec, self.video_seed(index % self.num_videos))
+
+    def layout(self, index: int) -> Tensor:
+        """What each cell of video ``index`` holds: Tensor[grid, grid] of ``CELL_*`` codes."""
+        return make_video(self.spec, self.video_seed(index % self.num_videos), return_layout=True)[3]
+
+
+def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
+    """Generate every item once into memory: (videos [M,3,T,H,W], actions [M], privacy [M,P]).
+
+    Worth it whenever a dataset is iterated many times (the demo trains a dozen models on it).
+    """
+    videos, actions, privacy = [], [], []
+    for i in range(len(dataset)):
+        v, a, p = dataset[i]
+        videos.append(v)
+        actions.append(a)
+        privacy.append(p)
+    return torch.utils.data.TensorDataset(
+        torch.stack(videos), torch.tensor(actions, dtype=torch.long), torch.stack(privacy)
+    )
+
+
+__all__ = [
+    "PRIVACY_ATTRIBUTES",
+    "DIRECTIONS",
+    "SyntheticSpec",
+    "SyntheticVideos",
+    "make_video",
+    "materialize",
+    "render_actor",
+]

@@ -1,0 +1,128 @@
+"""The embedded benchmark: deterministic, action from motion only, privacy from single frames."""
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from stprivacy.data import synthetic
+from stprivacy.data.synthetic import (
+    CELL_ACTOR,
+    CELL_PRIVACY,
+    DIRECTIONS,
+    PRIVACY_ATTRIBUTES,
+    SyntheticVideos,
+    render_actor,
+)
+
+
+def test_items_shapes_and_ranges():
+    ds = SyntheticVideos("train", num_videos=6, seed=0, frames=6, size=40, cell=8, num_classes=8)
+    video, action, privacy = ds[5]
+    assert video.shape == (3, 6, 40, 40) and video.dtype == torch.float32
+    assert 0.0 <= video.min() and video.max() <= 1.0
+    assert isinstance(action, int) and 0 <= action < 8
+    assert privacy.shape == (5,) and set(privacy.tolist()) <= {0.0, 1.0}
+    assert ds.attributes == PRIVACY_ATTRIBUTES and len(ds) == 6
+
+
+def test_deterministic_by_seed_split_and_index():
+    a = SyntheticVideos("train", num_videos=4, seed=3)
+    b = SyntheticVideos("train", num_videos=4, seed=3)
+    for i in range(4):
+        torch.testing.assert_close(a[i][0], b[i][0], rtol=0, atol=0)
+    assert not torch.equal(a[0][0], SyntheticVideos("train", num_videos=4, seed=4)[0][0])
+    assert not torch.equal(a[0][0], SyntheticVideos("test", num_videos=4, seed=3)[0][0])
+    assert torch.equal(a[-1][0], a[3][0])
+    data = synthetic.materialize(a)
+    torch.testing.assert_close(data.tensors[0][2], a[2][0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("speed", [1, 3])
+def test_every_single_frame_has_the_same_distribution_for_every_class(speed):
+    # The start is uniform on the torus, so the set of possible frames at time t (over all starts)
+    # is the same for every direction: a single frame carries no information about the class.
+    side, frames = 8, 4
+    for t in range(frames):
+        frame_sets = []
+        for dy, dx in DIRECTIONS:
+            clips = [
+                render_actor(side, frames, (dy * speed, dx * speed), y0, x0, 2.5, 0.9)[:, t]
+                for y0 in range(side)
+                for x0 in range(side)
+            ]
+            frame_sets.append(sorted(tuple(c.flatten().tolist()) for c in clips))
+        assert all(s == frame_sets[0] for s in frame_sets)
+
+
+def test_two_frames_determine_the_class():
+    # Frame t+1 is frame t rolled by the class's velocity: two frames determine the direction.
+    ds = SyntheticVideos("train", num_videos=40, seed=1, num_classes=8, speed=2)
+    for i in range(len(ds)):
+        video, action, _, layout = synthetic.make_video(ds.spec, ds.video_seed(i), return_layout=True)
+        ay, ax = [int(v) for v in (layout == CELL_ACTOR).nonzero()[0]]
+        region = video[0, :, ay * 8 : ay * 8 + 16, ax * 8 : ax * 8 + 16]
+        scores = [
+            -(torch.roll(region[0], (dy * 2, dx * 2), dims=(0, 1)) - region[1]).abs().sum().item()
+            for dy, dx in DIRECTIONS
+        ]
+        assert int(np.argmax(scores)) == action
+
+
+def _cells(ds, code):
+    """(frame-0 pixels of the cell holding `code`, labels) over the dataset."""
+    xs, actions, privacy = [], [], []
+    for i in range(len(ds)):
+        video, action, priv, layout = synthetic.make_video(ds.spec, ds.video_seed(i), return_layout=True)
+        cy, cx = [int(v) for v in (layout == code).nonzero()[0]]
+        size = 16 if code == CELL_ACTOR else 8
+        xs.append(video[:, 0, cy * 8 : cy * 8 + size, cx * 8 : cx * 8 + size].flatten().numpy())
+        actions.append(action)
+        privacy.append(priv.numpy())
+    return np.stack(xs), np.array(actions), np.stack(privacy)
+
+
+def test_a_frame_level_classifier_cannot_beat_chance_on_action():
+    train = SyntheticVideos("train", num_videos=300, seed=0, num_classes=4)
+    test = SyntheticVideos("test", num_videos=300, seed=0, num_classes=4)
+    x_train, y_train, _ = _cells(train, CELL_ACTOR)
+    x_test, y_test, _ = _cells(test, CELL_ACTOR)
+    clf = LogisticRegression(max_iter=300).fit(x_train, y_train)
+    assert clf.score(x_test, y_test) < 0.25 + 0.08  # chance is 1/4; 0.08 is ~3 standard errors
+
+
+@pytest.mark.parametrize("k", range(len(PRIVACY_ATTRIBUTES)))
+def test_each_privacy_attribute_is_visible_in_a_single_frame(k):
+    train = SyntheticVideos("train", num_videos=200, seed=0)
+    test = SyntheticVideos("test", num_videos=100, seed=0)
+    x_train, _, p_train = _cells(train, CELL_PRIVACY + k)
+    x_test, _, p_test = _cells(test, CELL_PRIVACY + k)
+    clf = LogisticRegression(max_iter=500).fit(x_train, p_train[:, k])
+    assert clf.score(x_test, p_test[:, k]) > 0.9
+
+
+def test_privacy_and_actor_cells_never_overlap():
+    ds = SyntheticVideos("train", num_videos=20, seed=2)
+    for i in range(len(ds)):
+        layout = ds.layout(i)
+        assert (layout == CELL_ACTOR).sum() == 4
+        for k in range(len(PRIVACY_ATTRIBUTES)):
+            assert (layout == CELL_PRIVACY + k).sum() == 1
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="split"):
+        SyntheticVideos("dev")
+    with pytest.raises(ValueError, match="num_videos"):
+        SyntheticVideos("train", num_videos=0)
+    with pytest.raises(ValueError, match="multiple of cell"):
+        SyntheticVideos("train", size=30, cell=8)
+    with pytest.raises(ValueError, match="frames"):
+        SyntheticVideos("train", frames=1)
+    with pytest.raises(ValueError, match="num_classes"):
+        SyntheticVideos("train", num_classes=9)
+    with pytest.raises(ValueError, match="cannot hold"):
+        SyntheticVideos("train", size=16, cell=8)
+    with pytest.raises(TypeError):
+        SyntheticVideos("train", colour=3)
+    with pytest.raises(IndexError):
+        SyntheticVideos("train", num_videos=2)[2]
