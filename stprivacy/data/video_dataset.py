@@ -1,0 +1,195 @@
+"""The dataset every real benchmark builds on: labeled video files -> clips, robust to bad files.
+
+A sample is ``(video, action, privacy)`` like the synthetic benchmark's: ``video`` is
+``Tensor[3, T, S, S]`` in training and ``Tensor[V, 3, T, S, S]`` (V = clips x crops views, clip
+major) in testing, ``action`` an int, ``privacy`` ``Tensor[P]`` of 0/1. A file that cannot be
+decoded yields ``None`` with a warning; :func:`collate_videos` drops it and counts it, so one
+broken video never stops an epoch, and :class:`SkipCounter` adds the counts up for the run's
+summary (collation happens in the DataLoader workers, so the count travels inside the batch).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .clips import test_clip_indices, train_clip_indices
+from .privacy_labels import PrivacyLabelTable
+from .transforms import test_views, train_transform
+from .video import VideoDecodeError, list_videos, probe_video, read_frames
+
+SUBSETS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One labeled video file: ``privacy`` is ``Tensor[P]`` of 0/1 (empty when unlabeled)."""
+
+    path: Path
+    action: int
+    privacy: Tensor
+
+
+@dataclass
+class JoinReport:
+    """What did not match when labels, split files and video files were joined."""
+
+    missing_file: list[str] = field(default_factory=list)  # listed and labeled, no video file
+    missing_label: list[str] = field(default_factory=list)  # listed, with no privacy label row
+
+    def warn(self, dataset: str) -> None:
+        """One warning per kind of mismatch, naming the first few videos."""
+        for what, names in (("no video file", self.missing_file), ("no privacy label", self.missing_label)):
+            if names:
+                shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+                warnings.warn(f"{dataset}: {len(names)} videos of the split have {what}, left out: {shown}", stacklevel=3)
+
+
+def index_video_files(root: str | Path) -> dict[str, Path]:
+    """Maps each video file's stem to its path, for everything under ``root``.
+
+    Labels name ``.mp4`` files while the archives hold ``.avi`` ones, so matching is on the stem.
+    """
+    index: dict[str, Path] = {}
+    for path in list_videos(root):
+        index.setdefault(path.stem, path)
+    return index
+
+
+def join_split(
+    entries: dict[str, tuple[str, str]],
+    subset: str,
+    labels: PrivacyLabelTable,
+    files: dict[str, Path],
+    class_index: dict[str, int],
+) -> tuple[list[VideoRecord], JoinReport]:
+    """Records of the split's ``subset`` that have both a label row and a video file."""
+    rows = labels.index()
+    records, report = [], JoinReport()
+    for stem, (action, entry_subset) in sorted(entries.items()):
+        if entry_subset != subset:
+            continue
+        if action not in class_index:
+            raise ValueError(f"split lists {stem!r} under unknown class {action!r}")
+        if stem not in rows:
+            report.missing_label.append(stem)
+        elif stem not in files:
+            report.missing_file.append(stem)
+        else:
+            records.append(VideoRecord(files[stem], class_index[action], labels.labels[rows[stem]]))
+    return records, report
+
+
+class VideoClipDataset(Dataset):
+    """Clips of labeled video files, sampled as in the paper.
+
+    Args:
+        records: the videos.
+        subset: ``"train"`` (one random clip and crop per access) or ``"test"`` (all views).
+        clip_len: frames per clip (16).
+        rate: frames between two sampled frames (2 for HMDB51, 4 for UCF101).
+        crop_size: side of the square crop (112).
+        num_clips, num_crops: test views per video (5 x 3).
+        train_short_side: the short side before the random training crop.
+        attributes: names of the privacy attributes (for reports).
+        classes: names of the action classes, by index.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        subset: str = "train",
+        clip_len: int = 16,
+        rate: int = 2,
+        crop_size: int = 112,
+        num_clips: int = 5,
+        num_crops: int = 3,
+        train_short_side: int = 128,
+        attributes: Sequence[str] = (),
+        classes: Sequence[str] = (),
+    ) -> None:
+        if subset not in SUBSETS:
+            raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+        self.records = list(records)
+        self.subset = subset
+        self.clip_len, self.rate, self.crop_size = clip_len, rate, crop_size
+        self.num_clips, self.num_crops, self.train_short_side = num_clips, num_crops, train_short_side
+        self.attributes, self.classes = tuple(attributes), tuple(classes)
+
+    @property
+    def num_views(self) -> int:
+        """Views per video in testing (clips x crops); 1 in training."""
+        return self.num_clips * self.num_crops if self.subset == "test" else 1
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> Tensor:
+        """The clip(s) of video ``index``; raises VideoDecodeError for a broken file."""
+        record = self.records[index]
+        num_frames = probe_video(record.path).num_frames
+        if self.subset == "train":
+            indices = train_clip_indices(num_frames, self.clip_len, self.rate)
+            return train_transform(read_frames(record.path, indices, num_frames), self.crop_size, self.train_short_side)
+        indices = test_clip_indices(num_frames, self.clip_len, self.rate, self.num_clips)
+        frames = read_frames(record.path, indices.reshape(-1), num_frames)
+        frames = frames.reshape(self.num_clips, self.clip_len, *frames.shape[1:])
+        # [clips, crops, 3, T, S, S] -> [clips * crops, 3, T, S, S]: views are clip-major.
+        return torch.cat([test_views(clip, self.crop_size, self.num_crops) for clip in frames])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor] | None:
+        record = self.records[index]
+        try:
+            video = self.load(index)
+        except VideoDecodeError as exc:
+            warnings.warn(f"skipping unreadable video: {exc}", stacklevel=2)
+            return None
+        return video, record.action, record.privacy
+
+
+class VideoBatch(NamedTuple):
+    """A collated batch; ``video`` is None when every sample of the batch was skipped."""
+
+    video: Tensor | None
+    action: Tensor | None
+    privacy: Tensor | None
+    skipped: int
+
+
+def collate_videos(samples: Sequence[tuple[Tensor, int, Tensor] | None]) -> VideoBatch:
+    """DataLoader ``collate_fn``: stacks the decodable samples and counts the skipped ones."""
+    good = [s for s in samples if s is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return VideoBatch(None, None, None, skipped)
+    video = torch.stack([s[0] for s in good])
+    action = torch.tensor([s[1] for s in good], dtype=torch.long)
+    privacy = torch.stack([s[2] for s in good])
+    return VideoBatch(video, action, privacy, skipped)
+
+
+class SkipCounter:
+    """Iterates over a loader of :class:`VideoBatch` as ``(video, action, privacy)`` triples,
+    leaving out empty batches and adding up the skipped videos in ``self.skipped``."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.seen = 0
+
+    def __call__(self, batches: Iterable[VideoBatch]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for batch in batches:
+            self.skipped += batch.skipped
+            if batch.video is None:
+                continue
+            self.seen += batch.video.shape[0]
+            yield batch.video, batch.action, batch.privacy
+
+    def summary(self) -> str:
+        """One line for the run's summary."""
+        return f"{self.seen} videos used, {self.skipped} unreadable videos skipped"
