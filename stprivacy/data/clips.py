@@ -38,7 +38,7 @@ def train_clip_indices(num_frames: int, clip_len: int, rate: int, generator: tor
     return start + rate * torch.arange(clip_len)
 
 
-def test_clip_indices(num_frames: int, clip_len: int, rate: int, num_clips: int = 5) -> Tensor:
+def eval_clip_indices(num_frames: int, clip_len: int, rate: int, num_clips: int = 5) -> Tensor:
     """Frame indices of the test clips (VideoMAE's protocol).
 
     The video is first subsampled at ``rate``; the clips are ``clip_len`` consecutive subsampled
@@ -68,7 +68,7 @@ def train_crop_box(height: int, width: int, crop: int, generator: torch.Generato
     return top, left
 
 
-def test_crop_boxes(height: int, width: int, crop: int, num_crops: int = 3) -> list[tuple[int, int]]:
+def eval_crop_boxes(height: int, width: int, crop: int, num_crops: int = 3) -> list[tuple[int, int]]:
     """Top-left corners of ``num_crops`` windows spread evenly along the frame's long side.
 
     With the short side already resized to ``crop`` this gives VideoMAE's left/center/right (or

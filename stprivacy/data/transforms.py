@@ -3,7 +3,7 @@
 The model's convention (``STPrivacyConfig``) is pixels in [0, 1] with black = 0, so there is no
 mean/std normalization here. Training: short side resized to ``train_short_side`` (128, the
 C3D-style 128 x 171 frame), a random ``crop`` window, a random horizontal flip. Testing: short side
-resized to ``crop`` and the 3 crops of :func:`stprivacy.data.clips.test_crop_boxes`.
+resized to ``crop`` and the 3 crops of :func:`stprivacy.data.clips.eval_crop_boxes`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .clips import test_crop_boxes, train_crop_box
+from .clips import eval_crop_boxes, train_crop_box
 
 
 def frames_to_tensor(frames: np.ndarray | Tensor) -> Tensor:
@@ -69,8 +69,8 @@ def train_transform(
     return video.contiguous()
 
 
-def test_views(frames: np.ndarray, crop_size: int = 112, num_crops: int = 3) -> Tensor:
+def eval_views(frames: np.ndarray, crop_size: int = 112, num_crops: int = 3) -> Tensor:
     """The test crops of one clip: ``uint8[T, H, W, 3]`` -> ``Tensor[num_crops, 3, T, crop, crop]``."""
     video = resize_short_side(frames_to_tensor(frames), crop_size)
-    boxes = test_crop_boxes(video.shape[-2], video.shape[-1], crop_size, num_crops)
+    boxes = eval_crop_boxes(video.shape[-2], video.shape[-1], crop_size, num_crops)
     return torch.stack([crop(video, top, left, crop_size) for top, left in boxes])

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .clips import test_clip_indices, train_clip_indices
+from .clips import eval_clip_indices, train_clip_indices
 from .privacy_labels import PrivacyLabelTable
-from .transforms import test_views, train_transform
+from .transforms import eval_views, train_transform
 from .video import VideoDecodeError, list_videos, probe_video, read_frames
 
 SUBSETS = ("train", "test")
@@ -137,11 +137,11 @@ class VideoClipDataset(Dataset):
         if self.subset == "train":
             indices = train_clip_indices(num_frames, self.clip_len, self.rate)
             return train_transform(read_frames(record.path, indices, num_frames), self.crop_size, self.train_short_side)
-        indices = test_clip_indices(num_frames, self.clip_len, self.rate, self.num_clips)
+        indices = eval_clip_indices(num_frames, self.clip_len, self.rate, self.num_clips)
         frames = read_frames(record.path, indices.reshape(-1), num_frames)
         frames = frames.reshape(self.num_clips, self.clip_len, *frames.shape[1:])
         # [clips, crops, 3, T, S, S] -> [clips * crops, 3, T, S, S]: views are clip-major.
-        return torch.cat([test_views(clip, self.crop_size, self.num_crops) for clip in frames])
+        return torch.cat([eval_views(clip, self.crop_size, self.num_crops) for clip in frames])
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor] | None:
         record = self.records[index]
