@@ -65,10 +65,13 @@ def _register() -> None:
         torch._check(k.shape == q.shape and v.shape == q.shape, lambda: "k and v must match q")
         torch._check(keep.dim() == 2, lambda: f"keep must be [B, N], got {keep.shape}")
         stats_shape = q.shape[:3]
+        # Row statistics are in the accumulation dtype: float64 for float64 inputs (exact
+        # gradcheck), float32 otherwise.
+        stats_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         return (
             q.new_empty(q.shape),
-            q.new_empty(stats_shape, dtype=torch.float32),
-            q.new_empty(stats_shape, dtype=torch.float32),
+            q.new_empty(stats_shape, dtype=stats_dtype),
+            q.new_empty(stats_shape, dtype=stats_dtype),
         )
 
     @torch.library.register_fake("stpriv::_masked_attention_backward")
