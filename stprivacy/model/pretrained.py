@@ -1,0 +1,185 @@
+"""Initialization from a local ImageNet ViT-S checkpoint (paper §4.3), inflated from images to video.
+
+The checkpoint is a file on disk in timm / DeiT key layout (``patch_embed.proj.weight``,
+``pos_embed``, ``cls_token``, ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``,
+``norm``, ``head``), e.g. timm's ``vit_small_patch16_224`` or DeiT-S. It is read with
+safetensors, or with ``torch.load(weights_only=True)`` for ``.pth`` / ``.pt`` files (DeiT's
+``{"model": state_dict}`` wrapper is unwrapped), so an untrusted file cannot run code. Nothing is
+downloaded.
+
+Inflation:
+
+* **Patch embedding** ``[D, C, pH, pW]`` -> ``[D, C, dT, pH, pW]``: the 2D kernel repeated over the
+  tubelet's dT frames and divided by dT (I3D's inflation), so a static clip produces exactly
+  the image model's patch tokens. ``time_init="center"`` puts the whole kernel on the middle
+  frame instead.
+* **Position embedding** ``[1, prefix + g*g, D]``: the class / distillation tokens' entries are
+  dropped (the video models have none), the ``g x g`` grid is resized bicubically to the video's
+  ``h x w`` tubelet grid and repeated for each of the L time steps (token ``l*N + n``).
+* **Blocks** map in order: ViT block i -> the model's i-th transformer block (STPrivacy: block
+  ``i % depth`` of PSB ``i // depth``); the final ``norm`` goes to the recognizers' norm.
+* Left at their random init: the keep predictors, the anonymization block and the heads (their
+  tasks differ from ImageNet's), which is what :class:`LoadReport` lists as ``missing``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .network import STPrivacy
+from .recognizers import FrameClassifier, VideoClassifier
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
+_TIME_INITS = ("average", "center")
+
+
+@dataclass
+class LoadReport:
+    """What an initialization did, by parameter name.
+
+    Attributes:
+        loaded: model parameters that now hold (inflated) checkpoint values.
+        missing: model parameters left at their initialization.
+        unused: checkpoint entries that went nowhere (e.g. ``cls_token``, ``head.*``).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+
+def load_vit_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """Reads a timm/DeiT-layout state dict from ``.safetensors`` or ``.pth``/``.pt``/``.bin``, safely.
+
+    Raises:
+        ValueError: the file does not exist or holds no tensor state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint must be an existing file, got {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors (timm / DeiT layout expected)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def inflate_patch_embed(weight: Tensor, time_size: int, time_init: str = "average") -> Tensor:
+    """``[D, C, pH, pW]`` -> ``[D, C, time_size, pH, pW]`` (see the module docstring)."""
+    if weight.dim() != 4:
+        raise ValueError(f"patch_embed.proj.weight must be [D, C, pH, pW], got {tuple(weight.shape)}")
+    if time_init not in _TIME_INITS:
+        raise ValueError(f"time_init must be one of {_TIME_INITS}, got {time_init!r}")
+    if time_init == "average":
+        return weight.unsqueeze(2).repeat(1, 1, time_size, 1, 1) / time_size
+    out = weight.new_zeros(weight.shape[0], weight.shape[1], time_size, *weight.shape[2:])
+    out[:, :, time_size // 2] = weight
+    return out
+
+
+def inflate_pos_embed(pos_embed: Tensor, time_steps: int, grid_size: tuple[int, int]) -> Tensor:
+    """``[1, prefix + g*g, D]`` -> ``[1, time_steps * h * w, D]``, time-major (see the module docstring)."""
+    if pos_embed.dim() != 3 or pos_embed.shape[0] != 1:
+        raise ValueError(f"pos_embed must be [1, tokens, D], got {tuple(pos_embed.shape)}")
+    tokens, dim = pos_embed.shape[1:]
+    side = math.isqrt(tokens)
+    prefix = tokens - side * side
+    if prefix > 2:  # a square grid plus at most a class and a distillation token
+        raise ValueError(f"pos_embed has {tokens} tokens: not a square grid plus class/distillation tokens")
+    grid = pos_embed[:, prefix:].reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    if (side, side) != tuple(grid_size):
+        grid = F.interpolate(grid, size=tuple(grid_size), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, 1, grid_size[0] * grid_size[1], dim)
+    return grid.expand(1, time_steps, -1, -1).reshape(1, -1, dim).to(pos_embed.dtype)
+
+
+def _targets(model: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module | None]:
+    """(tubelet embedding, transformer blocks in order, final norm or None) of a supported model."""
+    if isinstance(model, STPrivacy):
+        return model.embed, [block for psb in model.psbs for block in psb.blocks], None
+    if isinstance(model, (VideoClassifier, FrameClassifier)):
+        return model.encoder.embed, list(model.encoder.blocks), model.encoder.norm
+    raise TypeError(f"model must be an STPrivacy, VideoClassifier or FrameClassifier, got {type(model).__name__}")
+
+
+def _copy(model: nn.Module, module: nn.Module, values: dict[str, Tensor], report: LoadReport, source: str) -> None:
+    """Copies ``values`` (names relative to ``module``) into it, checking every shape."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    own = dict(module.named_parameters())
+    for name, value in values.items():
+        if name not in own:
+            report.unused.append(f"{source}{name}")
+            continue
+        target = own[name]
+        if tuple(target.shape) != tuple(value.shape):
+            raise ValueError(
+                f"checkpoint entry {source}{name} has shape {tuple(value.shape)}, the model's "
+                f"{names[id(target)]} needs {tuple(target.shape)} (a ViT-S checkpoint needs a ViT-S model)"
+            )
+        with torch.no_grad():
+            target.copy_(value.to(target.dtype))
+        report.loaded.append(names[id(target)])
+
+
+def load_pretrained_vit(model: nn.Module, checkpoint: str | Path | dict[str, Tensor], *, time_init: str = "average") -> LoadReport:
+    """Initializes ``model`` in place from an ImageNet ViT checkpoint, inflated to video.
+
+    Args:
+        model: :class:`STPrivacy`, :class:`VideoClassifier` or :class:`FrameClassifier`.
+        checkpoint: a checkpoint file (:func:`load_vit_checkpoint`) or an already loaded state dict.
+        time_init: ``"average"`` or ``"center"``, how the patch kernel spreads over dT frames.
+
+    Returns:
+        :class:`LoadReport`.
+
+    Raises:
+        ValueError: a missing ``patch_embed``/``pos_embed`` entry, or a shape that does not fit.
+    """
+    state = load_vit_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else dict(checkpoint)
+    embed, blocks, norm = _targets(model)
+    for key in ("patch_embed.proj.weight", "pos_embed"):
+        if key not in state:
+            raise ValueError(f"checkpoint has no {key!r}: not a timm / DeiT ViT state dict")
+    report = LoadReport()
+    time_size, patch_h, patch_w = embed.proj.kernel_size
+    weight2d = state.pop("patch_embed.proj.weight")
+    if tuple(weight2d.shape[-2:]) != (patch_h, patch_w):
+        raise ValueError(f"the checkpoint's patches are {tuple(weight2d.shape[-2:])}, the model's tubelets "
+                         f"{patch_h}x{patch_w}: they must match")
+    embed_values = {"proj.weight": inflate_patch_embed(weight2d, time_size, time_init)}
+    if "patch_embed.proj.bias" in state:
+        embed_values["proj.bias"] = state.pop("patch_embed.proj.bias")
+    # Frames are square, so the tubelet grid is side x side with side^2 = tokens per time step.
+    time_steps = _time_steps(model)
+    side = math.isqrt(embed.pos_embed.shape[1] // time_steps)
+    embed_values["pos_embed"] = inflate_pos_embed(state.pop("pos_embed"), time_steps, (side, side))
+    _copy(model, embed, embed_values, report, "patch_embed/pos_embed:")
+    for i, block in enumerate(blocks):
+        prefix = f"blocks.{i}."
+        values = {k.removeprefix(prefix): state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+        _copy(model, block, values, report, prefix)
+    if norm is not None:
+        values = {k.removeprefix("norm."): state.pop(k) for k in ("norm.weight", "norm.bias") if k in state}
+        _copy(model, norm, values, report, "norm.")
+    report.unused += sorted(state)
+    loaded = set(report.loaded)
+    report.missing = [name for name, _ in model.named_parameters() if name not in loaded]
+    return report
+
+
+def _time_steps(model: nn.Module) -> int:
+    if isinstance(model, STPrivacy):
+        return model.cfg.time_steps
+    return model.encoder.grid[0]

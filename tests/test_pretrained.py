@@ -1,0 +1,118 @@
+"""ViT-S ImageNet initialization: a fake timm-layout checkpoint saved in the test, inflated to video."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from stprivacy.model import FrameClassifier, STPrivacy, STPrivacyConfig, VideoClassifier
+from stprivacy.model.pretrained import (
+    inflate_patch_embed,
+    inflate_pos_embed,
+    load_pretrained_vit,
+    load_vit_checkpoint,
+)
+
+D, PATCH, GRID, DEPTH = 48, 8, 28, 4  # a ViT with 8 px patches on 224 px images: a 28 x 28 grid
+
+
+def fake_vit_state_dict(depth: int = DEPTH, dim: int = D, distilled: bool = False) -> dict[str, torch.Tensor]:
+    """Random tensors under timm's / DeiT's ViT key names and shapes."""
+    g = torch.Generator().manual_seed(0)
+    prefix = 2 if distilled else 1
+    state = {
+        "cls_token": torch.randn(1, 1, dim, generator=g),
+        "pos_embed": torch.randn(1, prefix + GRID * GRID, dim, generator=g),
+        "patch_embed.proj.weight": torch.randn(dim, 3, PATCH, PATCH, generator=g),
+        "patch_embed.proj.bias": torch.randn(dim, generator=g),
+        "norm.weight": torch.randn(dim, generator=g),
+        "norm.bias": torch.randn(dim, generator=g),
+        "head.weight": torch.randn(1000, dim, generator=g),
+        "head.bias": torch.randn(1000, generator=g),
+    }
+    if distilled:
+        state["dist_token"] = torch.randn(1, 1, dim, generator=g)
+    for i in range(depth):
+        for name, shape in {
+            "norm1.weight": (dim,), "norm1.bias": (dim,), "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,),
+            "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,),
+            "mlp.fc1.weight": (4 * dim, dim), "mlp.fc1.bias": (4 * dim,), "mlp.fc2.weight": (dim, 4 * dim),
+            "mlp.fc2.bias": (dim,),
+        }.items():
+            state[f"blocks.{i}.{name}"] = torch.randn(*shape, generator=g)
+    return state
+
+
+def small_config() -> STPrivacyConfig:
+    return STPrivacyConfig.small(embed_dim=D, num_heads=3, depth=1, num_psb=3, mlp_ratio=4.0)  # 8 x 32 x 32, tubelet 2x8x8
+
+
+def test_inflated_shapes_and_values(tmp_path):
+    state = fake_vit_state_dict()
+    path = tmp_path / "vit_small.safetensors"
+    save_file(state, str(path))
+    cfg = small_config()
+    model = STPrivacy(cfg)
+    report = load_pretrained_vit(model, path)
+    weight = model.embed.proj.weight
+    assert weight.shape == (D, 3, 2, PATCH, PATCH)
+    torch.testing.assert_close(weight, state["patch_embed.proj.weight"].unsqueeze(2).expand_as(weight) / 2)
+    pos = model.embed.pos_embed
+    L, N = cfg.time_steps, cfg.tokens_per_step
+    assert pos.shape == (1, L * N, D)
+    per_step = pos.view(L, N, D)
+    assert torch.equal(per_step[0], per_step[-1])  # the same spatial embedding at every time step
+    grid = state["pos_embed"][:, 1:].reshape(1, GRID, GRID, D).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(per_step[0], expected[0])
+    # Block i of the ViT -> block i % depth of PSB i // depth; the 4th ViT block is unused here.
+    torch.testing.assert_close(model.psbs[2].blocks[0].mlp.fc1.weight, state["blocks.2.mlp.fc1.weight"])
+    assert "blocks.3.attn.qkv.weight" in report.unused and "cls_token" in report.unused and "head.weight" in report.unused
+    assert all(n.startswith(("pab.", "psbs.0.predictor", "psbs.1.predictor", "psbs.2.predictor")) for n in report.missing)
+    assert "pab.head.weight" in report.missing and "embed.pos_embed" in report.loaded
+
+
+def test_static_clip_gives_the_image_models_patch_tokens():
+    state = fake_vit_state_dict()
+    model = VideoClassifier(7, frames=8, image_size=32, tubelet=(2, PATCH, PATCH), embed_dim=D, depth=DEPTH, num_heads=3)
+    report = load_pretrained_vit(model, state)
+    frame = torch.rand(1, 3, 32, 32)
+    video = frame.unsqueeze(2).expand(1, 3, 8, 32, 32)
+    tokens3d = model.encoder.embed.proj(video)[:, :, 0]
+    tokens2d = F.conv2d(frame, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=PATCH)
+    torch.testing.assert_close(tokens3d, tokens2d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.encoder.norm.weight, state["norm.weight"])
+    assert report.missing == ["head.weight", "head.bias"]
+
+
+def test_torch_load_pth_with_deit_wrapper_and_frame_classifier(tmp_path):
+    path = tmp_path / "deit_small_distilled.pth"
+    torch.save({"model": fake_vit_state_dict(distilled=True)}, path)
+    assert "dist_token" in load_vit_checkpoint(path)
+    model = FrameClassifier(5, image_size=32, patch_size=PATCH, embed_dim=D, depth=2, num_heads=3)
+    report = load_pretrained_vit(model, path)
+    assert model.encoder.embed.proj.weight.shape == (D, 3, 1, PATCH, PATCH)
+    assert model.encoder.embed.pos_embed.shape == (1, 16, D)
+    assert "dist_token" in report.unused and report.missing == ["head.weight", "head.bias"]
+
+
+def test_center_time_init():
+    weight = torch.randn(4, 3, 8, 8)
+    inflated = inflate_patch_embed(weight, 3, "center")
+    assert torch.equal(inflated[:, :, 1], weight) and not inflated[:, :, [0, 2]].any()
+    with pytest.raises(ValueError, match="time_init"):
+        inflate_patch_embed(weight, 2, "edge")
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="existing file"):
+        load_vit_checkpoint(tmp_path / "nope.safetensors")
+    with pytest.raises(ValueError, match="pos_embed"):
+        load_pretrained_vit(STPrivacy(small_config()), {"patch_embed.proj.weight": torch.zeros(D, 3, 8, 8)})
+    with pytest.raises(ValueError, match="ViT-S model"):
+        load_pretrained_vit(STPrivacy(small_config()), fake_vit_state_dict(dim=24))
+    with pytest.raises(ValueError, match="square grid"):
+        inflate_pos_embed(torch.zeros(1, 3 + 16, D), 2, (4, 4))
+    with pytest.raises(TypeError, match="STPrivacy, VideoClassifier or FrameClassifier"):
+        load_pretrained_vit(torch.nn.Linear(2, 2), fake_vit_state_dict())
