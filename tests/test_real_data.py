@@ -18,7 +18,7 @@ from stprivacy.data.hmdb51 import HMDB51, parse_hmdb51_splits
 from stprivacy.data.pa_hmdb51 import PAHMDB51, load_pa_hmdb51_labels, video_level_labels
 from stprivacy.data.privacy_labels import PRIVACY_ATTRIBUTES, load_privacy_labels, parse_label_csv
 from stprivacy.data.ucf101 import UCF101, parse_ucf101_splits
-from stprivacy.data.video_dataset import SkipCounter, collate_videos
+from stprivacy.data.video_dataset import collate_videos, forward_views
 from video_factory import real_names, truncate, write_test_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,14 +103,24 @@ def test_truncated_video_is_skipped_and_counted_in_workers(hmdb_tree):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train = HMDB51(hmdb_tree / "videos", hmdb_tree / "testTrainMulti_7030_splits", subset="train")
-    loader = DataLoader(train, batch_size=2, num_workers=2, collate_fn=collate_videos)
-    counter = SkipCounter()
-    batches = list(counter(loader))
-    assert counter.skipped == 1 and counter.seen == 3
-    assert "1 unreadable videos skipped" in counter.summary()
+    loader = DataLoader(train, batch_size=2, num_workers=2, collate_fn=train.collate_fn)
+    batches = [b for b in loader if b is not None]
+    assert sum(len(b[0]) for b in batches) == 3
+    assert train.num_skipped == 1  # counted in a worker process, read here
+    assert "1 unreadable video loads skipped" in train.summary()
     video, action, privacy = batches[0]
     assert video.shape[1:] == (3, 16, 112, 112) and action.dtype == torch.long and privacy.shape[1] == 5
-    assert collate_videos([None, None]).video is None
+    assert (train.num_classes, train.num_attributes) == (51, 5)
+    assert collate_videos([None, None]) is None
+
+
+def test_forward_views_averages_logits_over_views():
+    video = torch.randn(2, 15, 3, 4, 8, 8)
+    fn = lambda clips: clips.mean(dim=(2, 3, 4))  # noqa: E731 - [B', 3] "logits"
+    torch.testing.assert_close(forward_views(fn, video), video.mean(dim=(1, 3, 4, 5)))
+    torch.testing.assert_close(forward_views(fn, video[:, 0]), fn(video[:, 0]))
+    with pytest.raises(ValueError, match="V, 3, T"):
+        forward_views(fn, torch.zeros(2, 3, 4))
 
 
 def test_hmdb51_test_views_are_5_clips_by_3_crops(hmdb_tree):

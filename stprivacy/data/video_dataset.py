@@ -3,23 +3,24 @@
 A sample is ``(video, action, privacy)`` like the synthetic benchmark's: ``video`` is
 ``Tensor[3, T, S, S]`` in training and ``Tensor[V, 3, T, S, S]`` (V = clips x crops views, clip
 major) in testing, ``action`` an int, ``privacy`` ``Tensor[P]`` of 0/1. A file that cannot be
-decoded yields ``None`` with a warning; :func:`collate_videos` drops it and counts it, so one
-broken video never stops an epoch, and :class:`SkipCounter` adds the counts up for the run's
-summary (collation happens in the DataLoader workers, so the count travels inside the batch).
+decoded yields ``None`` with a warning and is counted; :func:`collate_videos` (the dataset's
+``collate_fn``) drops it, so one broken video never stops an epoch. The count lives in shared
+memory, so the loads that DataLoader worker processes skip show up in the main process's
+``dataset.num_skipped`` and ``dataset.summary()``.
 """
 from __future__ import annotations
 
+import multiprocessing
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .clips import eval_clip_indices, train_clip_indices
+from .clips import average_views, eval_clip_indices, train_clip_indices
 from .privacy_labels import PrivacyLabelTable
 from .transforms import eval_views, train_transform
 from .video import VideoDecodeError, list_videos, probe_video, read_frames
@@ -86,6 +87,18 @@ def join_split(
     return records, report
 
 
+def collate_videos(samples: Sequence[tuple[Tensor, int, Tensor] | None]) -> tuple[Tensor, Tensor, Tensor] | None:
+    """DataLoader ``collate_fn``: stacks the decodable samples, dropping the ``None`` of skipped
+    ones; ``None`` when every sample of the batch was skipped (the loop then moves on)."""
+    good = [s for s in samples if s is not None]
+    if not good:
+        return None
+    video = torch.stack([s[0] for s in good])
+    action = torch.tensor([s[1] for s in good], dtype=torch.long)
+    privacy = torch.stack([s[2] for s in good])
+    return video, action, privacy
+
+
 class VideoClipDataset(Dataset):
     """Clips of labeled video files, sampled as in the paper.
 
@@ -121,6 +134,27 @@ class VideoClipDataset(Dataset):
         self.clip_len, self.rate, self.crop_size = clip_len, rate, crop_size
         self.num_clips, self.num_crops, self.train_short_side = num_clips, num_crops, train_short_side
         self.attributes, self.classes = tuple(attributes), tuple(classes)
+        # Shared memory: workers (forked or spawned) add to the counter the main process reads.
+        self._skipped = multiprocessing.Value("i", 0)
+
+    collate_fn = staticmethod(collate_videos)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attributes)
+
+    @property
+    def num_skipped(self) -> int:
+        """Loads that failed and were skipped so far, in every process (a file counts once per epoch)."""
+        return self._skipped.value
+
+    def summary(self) -> str:
+        """One line for the run's summary."""
+        return f"{len(self)} videos, {self.num_skipped} unreadable video loads skipped"
 
     @property
     def num_views(self) -> int:
@@ -148,48 +182,26 @@ class VideoClipDataset(Dataset):
         try:
             video = self.load(index)
         except VideoDecodeError as exc:
+            with self._skipped.get_lock():
+                self._skipped.value += 1
             warnings.warn(f"skipping unreadable video: {exc}", stacklevel=2)
             return None
         return video, record.action, record.privacy
 
 
-class VideoBatch(NamedTuple):
-    """A collated batch; ``video`` is None when every sample of the batch was skipped."""
+def forward_views(fn: Callable[[Tensor], Tensor], video: Tensor) -> Tensor:
+    """Applies a clip model to a batch, averaging its logits over test views when there are any.
 
-    video: Tensor | None
-    action: Tensor | None
-    privacy: Tensor | None
-    skipped: int
+    Args:
+        fn: ``Tensor[B', 3, T, S, S] -> Tensor[B', K]`` (e.g. anonymizer then recognizer).
+        video: ``Tensor[B, 3, T, S, S]`` (one view) or ``Tensor[B, V, 3, T, S, S]`` (test views).
 
-
-def collate_videos(samples: Sequence[tuple[Tensor, int, Tensor] | None]) -> VideoBatch:
-    """DataLoader ``collate_fn``: stacks the decodable samples and counts the skipped ones."""
-    good = [s for s in samples if s is not None]
-    skipped = len(samples) - len(good)
-    if not good:
-        return VideoBatch(None, None, None, skipped)
-    video = torch.stack([s[0] for s in good])
-    action = torch.tensor([s[1] for s in good], dtype=torch.long)
-    privacy = torch.stack([s[2] for s in good])
-    return VideoBatch(video, action, privacy, skipped)
-
-
-class SkipCounter:
-    """Iterates over a loader of :class:`VideoBatch` as ``(video, action, privacy)`` triples,
-    leaving out empty batches and adding up the skipped videos in ``self.skipped``."""
-
-    def __init__(self) -> None:
-        self.skipped = 0
-        self.seen = 0
-
-    def __call__(self, batches: Iterable[VideoBatch]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for batch in batches:
-            self.skipped += batch.skipped
-            if batch.video is None:
-                continue
-            self.seen += batch.video.shape[0]
-            yield batch.video, batch.action, batch.privacy
-
-    def summary(self) -> str:
-        """One line for the run's summary."""
-        return f"{self.seen} videos used, {self.skipped} unreadable videos skipped"
+    Returns:
+        ``Tensor[B, K]``: the logits, averaged over the V views (VideoMAE's 5 x 3 protocol).
+    """
+    if video.dim() == 5:
+        return fn(video)
+    if video.dim() != 6:
+        raise ValueError(f"video must be [B, 3, T, S, S] or [B, V, 3, T, S, S], got shape {tuple(video.shape)}")
+    batch, views = video.shape[:2]
+    return average_views(fn(video.flatten(0, 1)), num_views=views)
