@@ -19,7 +19,8 @@ class STPrivacyOutput:
 
     Attributes:
         video: ``Tensor[B, C, T, H, W]``, the anonymized video; dropped tubelets are exactly 0
-            (black in the [0, 1] pixel convention).
+            (black in the [0, 1] pixel convention). The decoder's values are not clamped: clamp
+            to [0, 1] for display.
         keep: ``Tensor[B, L, N]``, 1 where a tubelet survived every PSB, else 0.
         keep_masks: one ``Tensor[B, L, N]`` per PSB, the cumulative mask after it (empty when
             ``use_psb`` is False); with ``target_ratios`` the input of the sparsity loss (Eq. 7).
@@ -94,7 +95,7 @@ class STPrivacy(nn.Module):
             x, keep, masks = self._encode_eval(x, targets)
         B, L, N = video.shape[0], self.cfg.time_steps, self.cfg.tokens_per_step
         if self.pab is None:
-            anonymized = video if keep is None else video * self.keep_to_pixels(keep.view(B, L, N)).to(video.dtype)
+            anonymized = video.clone() if keep is None else video * self.keep_to_pixels(keep.view(B, L, N)).to(video.dtype)
         else:
             anonymized = tubelets_to_video(
                 self.pab(x, keep), time_steps=L, grid_size=self.cfg.grid_size, tubelet=self.cfg.tubelet
