@@ -1,0 +1,61 @@
+"""``stprivacy anonymize INPUT -o OUTPUT --checkpoint CKPT [--keep-ratio A]``: anonymize video files.
+
+INPUT is a video file or a folder of them; OUTPUT a file (``.mp4``) or a folder. Every output
+has its input's frame count and frame rate. The command never writes over an input, and
+refuses existing outputs unless ``--overwrite``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..anonymize import anonymize_path, load_anonymizer, plan_jobs
+
+HELP = "anonymize a video file or a folder of videos with a trained STPrivacy model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="a video file, or a folder of video files (searched recursively)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output .mp4 file (or folder, for a folder input or to keep the input's name)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint written by `stprivacy train`, or a state dict with --config")
+    parser.add_argument("--config", default=None, help="JSON file of STPrivacyConfig fields, for a bare state dict")
+    parser.add_argument("--keep-ratio", type=float, default=None,
+                        help="deployment keep ratio per block, in (0, 1] (default: the model's alpha)")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="interleave this many clips per window; use the training sampling rate (default 1)")
+    parser.add_argument("--codec", choices=("libx264", "mpeg4"), default="libx264", help="output video codec")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the command; returns the process exit code (2 for a refused or invalid request)."""
+    if args.keep_ratio is not None and not 0.0 < args.keep_ratio <= 1.0:
+        print(f"error: --keep-ratio must be in (0, 1], got {args.keep_ratio}", file=sys.stderr)
+        return 2
+    try:
+        plan_jobs(args.input, args.output, args.overwrite)  # refuse before loading anything
+        model = load_anonymizer(args.checkpoint, args.config, device=args.device)
+        done = anonymize_path(model, args.input, args.output, keep_ratio=args.keep_ratio, stride=args.stride,
+                              codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, frames in done:
+        print(f"wrote {path} ({frames} frames)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stprivacy anonymize", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""`stprivacy anonymize` end to end, on videos and a tiny random checkpoint the tests write."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from stprivacy.anonymize import anonymize_window, load_anonymizer, plan_jobs, tile_layout
+from stprivacy.commands.anonymize import main as anonymize_main
+from stprivacy.data.video import iter_frames, probe_video
+from stprivacy.model import STPrivacy, STPrivacyConfig
+from video_factory import write_test_video
+
+CFG = STPrivacyConfig.small()  # 8 frames of 32 x 32, tubelets 2 x 8 x 8
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A randomly initialized model saved the way `stprivacy train` saves one."""
+    torch.manual_seed(0)
+    model = STPrivacy(CFG)
+    path = tmp_path_factory.mktemp("ckpt") / "stprivacy.pt"
+    torch.save({"phase": "adversarial", "model": model.state_dict(), "config": {"model": CFG.to_dict(), "train": {}}}, path)
+    return path
+
+
+def test_command_on_a_file_keeps_length_rate_and_size(tmp_path, checkpoint, capsys):
+    source = write_test_video(tmp_path / "in" / "v_Biking_g01_c01.avi", num_frames=21, height=30, width=64,
+                              fps=Fraction(30000, 1001))
+    out = tmp_path / "out.mp4"
+    assert anonymize_main([str(source), "-o", str(out), "--checkpoint", str(checkpoint), "--keep-ratio", "0.5",
+                           "--no-progress"]) == 0
+    assert "21 frames" in capsys.readouterr().out
+    info = probe_video(out)
+    assert (info.num_frames, info.fps, info.height, info.width) == (21, Fraction(30000, 1001), 30, 64)
+    frames = np.stack(list(iter_frames(out)))  # it decodes, all of it
+    assert frames.shape == (21, 30, 64, 3)
+    # A random anonymizer at keep ratio 0.5 drops tubelets: black regions appear.
+    assert (frames.reshape(21, -1, 3).max(-1) < 16).mean() > 0.1
+
+
+def test_command_on_a_folder_with_stride(tmp_path, checkpoint):
+    write_test_video(tmp_path / "in" / "a.avi", num_frames=9, height=24, width=32)
+    write_test_video(tmp_path / "in" / "sub" / "b.mp4", num_frames=40, height=48, width=32, fps=12)
+    assert anonymize_main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                           "--stride", "2", "--codec", "mpeg4", "--no-progress"]) == 0
+    a, b = probe_video(tmp_path / "out" / "a.mp4"), probe_video(tmp_path / "out" / "sub" / "b.mp4")
+    assert (a.num_frames, a.height, a.width) == (9, 24, 32)
+    assert (b.num_frames, b.fps, b.height, b.width) == (40, 12, 48, 32)
+
+
+def test_refusals(tmp_path, checkpoint, capsys):
+    source = write_test_video(tmp_path / "in" / "clip.mp4", num_frames=4)
+    before = source.read_bytes()
+    args = ["--checkpoint", str(checkpoint), "--no-progress"]
+    assert anonymize_main([str(source), "-o", str(source), *args]) == 2
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert anonymize_main([str(source), "-o", str(source), "--overwrite", *args]) == 2  # never, even then
+    assert source.read_bytes() == before
+    assert anonymize_main([str(tmp_path / "in"), "-o", str(tmp_path / "in" / "anon"), *args]) == 2
+    existing = tmp_path / "existing.mp4"
+    existing.write_bytes(b"keep me")
+    assert anonymize_main([str(source), "-o", str(existing), *args]) == 2
+    assert "exists" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
+    assert anonymize_main([str(source), "-o", str(tmp_path / "x.mp4"), "--keep-ratio", "1.5", *args]) == 2
+    assert anonymize_main([str(tmp_path / "nothing"), "-o", str(tmp_path / "y.mp4"), *args]) == 2
+    # An existing output folder receives <stem>.mp4.
+    assert plan_jobs(source, tmp_path)[0].target == tmp_path / "clip.mp4"
+
+
+class IdentityAnonymizer(nn.Module):
+    """Stands in for STPrivacy: returns its input, so only the windowing and tiling are tested."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = CFG
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.calls: list[tuple[int, ...]] = []
+
+    def anonymize(self, video, keep_ratio=None):
+        self.calls.append(tuple(video.shape))
+        return video
+
+
+@pytest.mark.parametrize("height,width,stride", [(32, 64, 1), (32, 64, 2), (96, 32, 3), (32, 32, 1)])
+def test_window_tiling_and_interleaving_are_exact(height, width, stride):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (CFG.frames * stride, height, width, 3), dtype=np.uint8)
+    model = IdentityAnonymizer()
+    out = anonymize_window(model, frames, stride=stride)
+    np.testing.assert_array_equal(out, frames)  # tiles are exactly model-sized here: no resampling
+    tiles, _ = tile_layout(height, width)
+    assert model.calls == [(tiles * stride, 3, CFG.frames, CFG.image_size, CFG.image_size)]
+
+
+def test_checkpoint_formats(tmp_path):
+    model = STPrivacy(CFG)
+    safetensors_path = tmp_path / "weights.safetensors"
+    save_file(model.state_dict(), str(safetensors_path))
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(CFG.to_dict()))
+    loaded = load_anonymizer(safetensors_path, config_path)
+    assert not loaded.training
+    torch.testing.assert_close(loaded.embed.pos_embed, model.embed.pos_embed)
+    with pytest.raises(ValueError, match="no model config"):
+        load_anonymizer(safetensors_path)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_anonymizer(safetensors_path, STPrivacyConfig.small(embed_dim=48))
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": CFG.to_dict()}, "extra": nn.Linear(1, 1)}, evil)
+    with pytest.raises(Exception, match="[Ww]eights only|weights_only"):
+        load_anonymizer(evil)  # a pickled object is refused, not executed
