@@ -24,4 +24,27 @@ TORCH_LIBRARY(stpriv, m) {
       "_masked_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor keep, "
       "Tensor out, Tensor row_max, Tensor row_sum, float? scale, float eps) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_keep)");
+  // ---- token pruning (paper Eq. 2-3, Eq. 6, §3.2) ----
+  // Masked spatial [B, L, C] and spatio-temporal [B, C] means of x [B, L, N, C] under keep [B, L, N].
+  m.def("masked_mean(Tensor x, Tensor keep) -> (Tensor spatial, Tensor spatiotemporal)");
+  m.def(
+      "_masked_mean_backward(Tensor grad_spatial, Tensor grad_spatiotemporal, Tensor x, Tensor keep, "
+      "Tensor spatial, Tensor spatiotemporal) -> (Tensor grad_x, Tensor grad_keep)");
+  // Hard Gumbel keep decision times prev. Noise is given (Logistic [B, T]) or drawn in-kernel by
+  // Philox from seed (int64, one element); logit = lp0 - lp1 + noise is saved for the backward.
+  m.def(
+      "gumbel_keep(Tensor log_probs, Tensor prev, Tensor? noise, Tensor? seed, float tau) "
+      "-> (Tensor keep, Tensor logit)");
+  m.def(
+      "_gumbel_keep_backward(Tensor grad_keep, Tensor logit, Tensor prev, float tau) "
+      "-> (Tensor grad_log_probs, Tensor grad_prev)");
+  // Exactly k per step of score + Gumbel noise; soft = softmax((score + noise) / tau) for the backward.
+  m.def(
+      "gumbel_topk(Tensor score, int k, Tensor? noise, Tensor? seed, float tau) "
+      "-> (Tensor keep, Tensor soft)");
+  m.def("_gumbel_topk_backward(Tensor grad_keep, Tensor soft, float tau) -> Tensor grad_score");
+  // Per-step top-k indices (sorted, ties to the lower index) and the token compaction they drive.
+  m.def("topk_keep(Tensor score, int k) -> Tensor idx");
+  m.def("gather_tokens(Tensor x, Tensor idx) -> Tensor");
+  m.def("scatter_tokens(Tensor y, Tensor idx, int num_tokens_per_step) -> Tensor");
 }

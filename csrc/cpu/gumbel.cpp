@@ -1,0 +1,249 @@
+// CPU kernels of stpriv::gumbel_keep and stpriv::gumbel_topk and their backwards
+// (DESIGN.md §gumbel_keep; paper Eq. 6).
+//
+// Noise is either given (exact tests) or generated here: one uniform per token from counter-based
+// Philox-4x32-10 keyed by the seed, counter = the token's flat index. It is the generator of
+// triton.language.randint, so the Triton kernels draw the very same uniforms on the GPU.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace stpriv {
+namespace {
+
+// First 32-bit output of Philox-4x32 with 10 rounds, counter (offset, 0, 0), key = seed,
+// exactly as triton.language.randint(seed, offset) computes it.
+inline uint32_t philox_randint(uint64_t seed, uint64_t offset) {
+  constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
+  constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
+  uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t old_c0 = c0, old_c2 = c2;
+    c0 = static_cast<uint32_t>((static_cast<uint64_t>(kRoundB) * old_c2) >> 32) ^ c1 ^ k0;
+    c2 = static_cast<uint32_t>((static_cast<uint64_t>(kRoundA) * old_c0) >> 32) ^ c3 ^ k1;
+    c1 = kRoundB * old_c2;
+    c3 = kRoundA * old_c0;
+    k0 += kKeyA;
+    k1 += kKeyB;
+  }
+  return c0;
+}
+
+// A uniform in the open interval (0, 1): 23 random bits, centred in their bucket, so the
+// logarithms below stay finite. Exact in float32: (2m + 1) * 2^-24 with 2m + 1 < 2^24.
+inline float philox_uniform(uint64_t seed, uint64_t offset) {
+  const uint32_t bits = philox_randint(seed, offset) >> 9;
+  return static_cast<float>(bits) * 0x1p-23f + 0x1p-24f;
+}
+
+inline float logistic_from_uniform(float u) { return std::log(u) - std::log1p(-u); }
+inline float gumbel_from_uniform(float u) { return -std::log(-std::log(u)); }
+
+at::ScalarType noise_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The noise tensor (converted to its compute dtype), or the seed when there is none.
+std::tuple<std::optional<at::Tensor>, uint64_t> rng_inputs(const char* op, const std::optional<at::Tensor>& noise,
+                                                           const std::optional<at::Tensor>& seed,
+                                                           at::IntArrayRef shape, at::ScalarType compute) {
+  if (noise.has_value()) {
+    TORCH_CHECK(noise->sizes() == shape, op, ": noise must have shape ", shape, ", got ", noise->sizes());
+    return {noise->to(compute).contiguous(), 0};
+  }
+  TORCH_CHECK(seed.has_value(), op, ": pass either noise or seed");
+  TORCH_CHECK(seed->numel() == 1 && !at::isFloatingType(seed->scalar_type()),
+              op, ": seed must be one integer, got ", seed->scalar_type(), " of shape ", seed->sizes());
+  return {std::nullopt, static_cast<uint64_t>(seed->item<int64_t>())};
+}
+
+// ---- gumbel_keep ----
+
+std::tuple<at::Tensor, at::Tensor> gumbel_keep_cpu(const at::Tensor& log_probs_in, const at::Tensor& prev_in,
+                                                   const std::optional<at::Tensor>& noise_in,
+                                                   const std::optional<at::Tensor>& seed, double tau) {
+  TORCH_CHECK(log_probs_in.dim() == 3 && log_probs_in.size(2) == 2,
+              "gumbel_keep: log_probs must be [B, T, 2], got shape ", log_probs_in.sizes());
+  TORCH_CHECK(prev_in.dim() == 2 && prev_in.size(0) == log_probs_in.size(0) &&
+                  prev_in.size(1) == log_probs_in.size(1),
+              "gumbel_keep: prev must be [B, T] like log_probs, got shape ", prev_in.sizes());
+  TORCH_CHECK(prev_in.scalar_type() == log_probs_in.scalar_type(),
+              "gumbel_keep: prev must have the dtype of log_probs (", log_probs_in.scalar_type(), "), got ",
+              prev_in.scalar_type());
+  TORCH_CHECK(tau > 0, "gumbel_keep: tau must be > 0, got ", tau);
+  const at::ScalarType dtype = log_probs_in.scalar_type();
+  const at::ScalarType compute = noise_dtype(dtype);
+  const at::Tensor lp = log_probs_in.contiguous(), prev = prev_in.contiguous();
+  auto [noise, seed_value] = rng_inputs("gumbel_keep", noise_in, seed, prev.sizes(), compute);
+  at::Tensor keep = at::empty_like(prev);
+  at::Tensor logit = at::empty(prev.sizes(), prev.options().dtype(compute));
+  const int64_t count = prev.numel();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gumbel_keep_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* lpp = lp.const_data_ptr<scalar_t>();
+    const scalar_t* pp = prev.const_data_ptr<scalar_t>();
+    const acc_t* np = noise.has_value() ? noise->const_data_ptr<acc_t>() : nullptr;
+    scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
+    acc_t* zp = logit.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, count, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const acc_t g = np ? np[i] : static_cast<acc_t>(logistic_from_uniform(philox_uniform(seed_value, i)));
+        // Same operations in the same order as the reference, so explicit noise matches bit for bit.
+        const acc_t z = (static_cast<acc_t>(lpp[2 * i]) - static_cast<acc_t>(lpp[2 * i + 1])) + g;
+        const acc_t hard = z > acc_t(0) ? acc_t(1) : acc_t(0);
+        zp[i] = z;
+        kp[i] = static_cast<scalar_t>(hard * static_cast<acc_t>(pp[i]));
+      }
+    });
+  });
+  return {keep, logit};
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_keep_backward_cpu(const at::Tensor& grad_keep_in,
+                                                            const at::Tensor& logit_in, const at::Tensor& prev_in,
+                                                            double tau) {
+  TORCH_CHECK(grad_keep_in.sizes() == prev_in.sizes() && logit_in.sizes() == prev_in.sizes() && prev_in.dim() == 2,
+              "gumbel_keep_backward: grad_keep, logit and prev must all be [B, T]");
+  TORCH_CHECK(tau > 0, "gumbel_keep_backward: tau must be > 0, got ", tau);
+  const at::ScalarType dtype = grad_keep_in.scalar_type();
+  const at::Tensor grad = grad_keep_in.contiguous(), prev = prev_in.to(dtype).contiguous();
+  const at::Tensor logit = logit_in.to(noise_dtype(dtype)).contiguous();
+  const int64_t B = prev.size(0), T = prev.size(1), count = prev.numel();
+  at::Tensor grad_lp = at::empty({B, T, 2}, grad.options());
+  at::Tensor grad_prev = at::empty({B, T}, grad.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gumbel_keep_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* pp = prev.const_data_ptr<scalar_t>();
+    const acc_t* zp = logit.const_data_ptr<acc_t>();
+    scalar_t* glp = grad_lp.mutable_data_ptr<scalar_t>();
+    scalar_t* gpp = grad_prev.mutable_data_ptr<scalar_t>();
+    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(tau);
+    at::parallel_for(0, count, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const acc_t z = zp[i], g = static_cast<acc_t>(gp[i]);
+        const acc_t soft = acc_t(1) / (acc_t(1) + std::exp(-z * inv_tau));
+        // d/dz sigmoid(z / tau) * prev, and d/d(lp0 - lp1) = d/dz.
+        const acc_t dz = g * static_cast<acc_t>(pp[i]) * soft * (acc_t(1) - soft) * inv_tau;
+        glp[2 * i] = static_cast<scalar_t>(dz);
+        glp[2 * i + 1] = static_cast<scalar_t>(-dz);
+        gpp[i] = static_cast<scalar_t>(z > acc_t(0) ? g : acc_t(0));
+      }
+    });
+  });
+  return {grad_lp, grad_prev};
+}
+
+// ---- gumbel_topk ----
+
+// Orders tubelets best first: higher perturbed score, then lower index; NaN ranks like +inf.
+template <typename acc_t>
+struct BestFirst {
+  const acc_t* value;
+  bool operator()(int64_t a, int64_t b) const { return value[a] > value[b] || (value[a] == value[b] && a < b); }
+};
+
+std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& score_in, int64_t k,
+                                                   const std::optional<at::Tensor>& noise_in,
+                                                   const std::optional<at::Tensor>& seed, double tau) {
+  TORCH_CHECK(score_in.dim() == 3, "gumbel_topk: score must be [B, L, N], got shape ", score_in.sizes());
+  const int64_t B = score_in.size(0), L = score_in.size(1), N = score_in.size(2);
+  TORCH_CHECK(0 <= k && k <= N, "gumbel_topk: k must be in [0, N=", N, "], got ", k);
+  TORCH_CHECK(tau > 0, "gumbel_topk: tau must be > 0, got ", tau);
+  const at::ScalarType dtype = score_in.scalar_type();
+  const at::ScalarType compute = noise_dtype(dtype);
+  const at::Tensor score = score_in.contiguous();
+  auto [noise, seed_value] = rng_inputs("gumbel_topk", noise_in, seed, score.sizes(), compute);
+  at::Tensor keep = at::empty_like(score);
+  at::Tensor soft = at::empty(score.sizes(), score.options().dtype(compute));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gumbel_topk_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* sp = score.const_data_ptr<scalar_t>();
+    const acc_t* np = noise.has_value() ? noise->const_data_ptr<acc_t>() : nullptr;
+    scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
+    acc_t* softp = soft.mutable_data_ptr<acc_t>();
+    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(tau);
+    at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> perturbed(N), ranked(N);
+      std::vector<int64_t> order(N);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t base = row * N;
+        acc_t row_max = -std::numeric_limits<acc_t>::infinity();
+        for (int64_t n = 0; n < N; ++n) {
+          const acc_t g = np ? np[base + n] : static_cast<acc_t>(gumbel_from_uniform(philox_uniform(seed_value, base + n)));
+          perturbed[n] = static_cast<acc_t>(sp[base + n]) + g;
+          ranked[n] = std::isnan(perturbed[n]) ? std::numeric_limits<acc_t>::infinity() : perturbed[n];
+          row_max = std::max(row_max, perturbed[n] * inv_tau);
+        }
+        acc_t total = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          softp[base + n] = std::exp(perturbed[n] * inv_tau - row_max);
+          total += softp[base + n];
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          softp[base + n] /= total;
+          kp[base + n] = scalar_t(0);
+        }
+        std::iota(order.begin(), order.end(), int64_t(0));
+        std::nth_element(order.begin(), order.begin() + k, order.end(), BestFirst<acc_t>{ranked.data()});
+        for (int64_t j = 0; j < k; ++j) kp[base + order[j]] = scalar_t(1);
+      }
+    });
+  });
+  return {keep, soft};
+}
+
+at::Tensor gumbel_topk_backward_cpu(const at::Tensor& grad_keep_in, const at::Tensor& soft_in, double tau) {
+  TORCH_CHECK(grad_keep_in.dim() == 3 && grad_keep_in.sizes() == soft_in.sizes(),
+              "gumbel_topk_backward: grad_keep and soft must both be [B, L, N]");
+  TORCH_CHECK(tau > 0, "gumbel_topk_backward: tau must be > 0, got ", tau);
+  const at::ScalarType dtype = grad_keep_in.scalar_type();
+  const at::Tensor grad = grad_keep_in.contiguous();
+  const at::Tensor soft = soft_in.to(noise_dtype(dtype)).contiguous();
+  const int64_t rows = grad.size(0) * grad.size(1), N = grad.size(2);
+  at::Tensor grad_score = at::empty_like(grad);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gumbel_topk_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const acc_t* softp = soft.const_data_ptr<acc_t>();
+    scalar_t* out = grad_score.mutable_data_ptr<scalar_t>();
+    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(tau);
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t base = row * N;
+        acc_t weighted = 0;  // sum_j g_j soft_j: the softmax Jacobian is diag(s) - s s^T
+        for (int64_t n = 0; n < N; ++n) weighted += static_cast<acc_t>(gp[base + n]) * softp[base + n];
+        for (int64_t n = 0; n < N; ++n) {
+          out[base + n] = static_cast<scalar_t>(softp[base + n] * (static_cast<acc_t>(gp[base + n]) - weighted) * inv_tau);
+        }
+      }
+    });
+  });
+  return grad_score;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stpriv, CPU, m) {
+  m.impl("gumbel_keep", &gumbel_keep_cpu);
+  m.impl("_gumbel_keep_backward", &gumbel_keep_backward_cpu);
+  m.impl("gumbel_topk", &gumbel_topk_cpu);
+  m.impl("_gumbel_topk_backward", &gumbel_topk_backward_cpu);
+}
+
+}  // namespace stpriv

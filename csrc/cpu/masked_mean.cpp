@@ -1,0 +1,172 @@
+// CPU kernels of stpriv::masked_mean and its backward (DESIGN.md §masked_mean, paper Eq. 2-3).
+//
+// Forward: one pass over x. Each (b, l) group sums keep * x over its N tubelets into a float32
+// scratch row (float64 for float64); the spatio-temporal mean then reuses those per-step sums,
+// so x is read once for both means. Backward: per (b, l), grad_x = keep_n * g with
+// g = grad_spatial / count_l + grad_spatiotemporal / count_b, and
+// grad_keep_n = x_n . g - (grad_spatial . spatial / count_l + grad_spatiotemporal . st / count_b),
+// which is sum_c g_c (x_nc - mean_c) split so that x is read once. Empty groups (count 0) use
+// 1/count := 0, so they give 0 and zero gradients.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+namespace stpriv {
+namespace {
+
+template <typename acc_t>
+inline acc_t inverse_or_zero(acc_t count) {
+  return count == acc_t(0) ? acc_t(0) : acc_t(1) / count;
+}
+
+void check_masked_mean_inputs(const at::Tensor& x, const at::Tensor& keep) {
+  TORCH_CHECK(x.dim() == 4, "masked_mean: x must be [B, L, N, C], got shape ", x.sizes());
+  TORCH_CHECK(keep.dim() == 3 && keep.size(0) == x.size(0) && keep.size(1) == x.size(1) &&
+                  keep.size(2) == x.size(2),
+              "masked_mean: keep must be [B, L, N] = [", x.size(0), ", ", x.size(1), ", ", x.size(2),
+              "], got shape ", keep.sizes());
+  TORCH_CHECK(keep.scalar_type() == x.scalar_type(), "masked_mean: keep must have the dtype of x (",
+              x.scalar_type(), "), got ", keep.scalar_type());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "masked_mean: x must be floating point, got ",
+              x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_mean_cpu(const at::Tensor& x_in, const at::Tensor& keep_in) {
+  check_masked_mean_inputs(x_in, keep_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor keep = keep_in.contiguous();
+  const int64_t B = x.size(0), L = x.size(1), N = x.size(2), C = x.size(3);
+  at::Tensor spatial = at::empty({B, L, C}, x.options());
+  at::Tensor spatiotemporal = at::empty({B, C}, x.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_mean_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* kp = keep.const_data_ptr<scalar_t>();
+    scalar_t* sp = spatial.mutable_data_ptr<scalar_t>();
+    scalar_t* stp = spatiotemporal.mutable_data_ptr<scalar_t>();
+    // Unnormalized per-step sums and counts, kept for the spatio-temporal reduction.
+    std::vector<acc_t> sums(B * L * C);
+    std::vector<acc_t> counts(B * L);
+
+    at::parallel_for(0, B * L, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bl = begin; bl < end; ++bl) {
+        acc_t* __restrict acc = sums.data() + bl * C;
+        for (int64_t c = 0; c < C; ++c) acc[c] = acc_t(0);
+        acc_t count = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const acc_t w = static_cast<acc_t>(kp[bl * N + n]);
+          const scalar_t* __restrict row = xp + (bl * N + n) * C;
+          count += w;
+          for (int64_t c = 0; c < C; ++c) acc[c] += w * static_cast<acc_t>(row[c]);
+        }
+        counts[bl] = count;
+        const acc_t inv = inverse_or_zero(count);
+        for (int64_t c = 0; c < C; ++c) sp[bl * C + c] = static_cast<scalar_t>(acc[c] * inv);
+      }
+    });
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(C);
+      for (int64_t b = begin; b < end; ++b) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        acc_t count = 0;
+        for (int64_t l = 0; l < L; ++l) {
+          const acc_t* __restrict row = sums.data() + (b * L + l) * C;
+          count += counts[b * L + l];
+          for (int64_t c = 0; c < C; ++c) acc[c] += row[c];
+        }
+        const acc_t inv = inverse_or_zero(count);
+        for (int64_t c = 0; c < C; ++c) stp[b * C + c] = static_cast<scalar_t>(acc[c] * inv);
+      }
+    });
+  });
+  return {spatial, spatiotemporal};
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_mean_backward_cpu(const at::Tensor& grad_spatial_in,
+                                                            const at::Tensor& grad_st_in,
+                                                            const at::Tensor& x_in, const at::Tensor& keep_in,
+                                                            const at::Tensor& spatial_in,
+                                                            const at::Tensor& st_in) {
+  check_masked_mean_inputs(x_in, keep_in);
+  const int64_t B = x_in.size(0), L = x_in.size(1), N = x_in.size(2), C = x_in.size(3);
+  TORCH_CHECK(grad_spatial_in.sizes() == spatial_in.sizes() && spatial_in.dim() == 3 &&
+                  spatial_in.size(0) == B && spatial_in.size(1) == L && spatial_in.size(2) == C,
+              "masked_mean_backward: grad_spatial and spatial must be [B, L, C]");
+  TORCH_CHECK(grad_st_in.sizes() == st_in.sizes() && st_in.dim() == 2 && st_in.size(0) == B &&
+                  st_in.size(1) == C,
+              "masked_mean_backward: grad_spatiotemporal and spatiotemporal must be [B, C]");
+  const auto dtype = x_in.scalar_type();
+  const at::Tensor x = x_in.contiguous(), keep = keep_in.contiguous();
+  const at::Tensor gs = grad_spatial_in.to(dtype).contiguous(), gst = grad_st_in.to(dtype).contiguous();
+  const at::Tensor spatial = spatial_in.to(dtype).contiguous(), st = st_in.to(dtype).contiguous();
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_keep = at::empty_like(keep);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "masked_mean_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* kp = keep.const_data_ptr<scalar_t>();
+    const scalar_t* gsp = gs.const_data_ptr<scalar_t>();
+    const scalar_t* gstp = gst.const_data_ptr<scalar_t>();
+    const scalar_t* sp = spatial.const_data_ptr<scalar_t>();
+    const scalar_t* stp = st.const_data_ptr<scalar_t>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    scalar_t* gkp = grad_keep.mutable_data_ptr<scalar_t>();
+
+    // 1 / count per step and per video; recounting keep is O(B·L·N), nothing next to x.
+    std::vector<acc_t> inv_step(B * L), inv_video(B);
+    for (int64_t b = 0; b < B; ++b) {
+      acc_t video = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        acc_t step = 0;
+        for (int64_t n = 0; n < N; ++n) step += static_cast<acc_t>(kp[(b * L + l) * N + n]);
+        inv_step[b * L + l] = inverse_or_zero(step);
+        video += step;
+      }
+      inv_video[b] = inverse_or_zero(video);
+    }
+
+    at::parallel_for(0, B * L, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> g(C);
+      for (int64_t bl = begin; bl < end; ++bl) {
+        const int64_t b = bl / L;
+        const acc_t inv_s = inv_step[bl], inv_st = inv_video[b];
+        acc_t offset = 0;  // grad_spatial . spatial / count_l + grad_st . st / count_b
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t gs_c = static_cast<acc_t>(gsp[bl * C + c]) * inv_s;
+          const acc_t gst_c = static_cast<acc_t>(gstp[b * C + c]) * inv_st;
+          g[c] = gs_c + gst_c;
+          offset += gs_c * static_cast<acc_t>(sp[bl * C + c]) + gst_c * static_cast<acc_t>(stp[b * C + c]);
+        }
+        const acc_t* __restrict gv = g.data();
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t row = bl * N + n;
+          const acc_t w = static_cast<acc_t>(kp[row]);
+          const scalar_t* __restrict xr = xp + row * C;
+          scalar_t* __restrict gxr = gxp + row * C;
+          acc_t dot = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            dot += static_cast<acc_t>(xr[c]) * gv[c];
+            gxr[c] = static_cast<scalar_t>(w * gv[c]);
+          }
+          gkp[row] = static_cast<scalar_t>(dot - offset);
+        }
+      }
+    });
+  });
+  return {grad_x, grad_keep};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stpriv, CPU, m) {
+  m.impl("masked_mean", &masked_mean_cpu);
+  m.impl("_masked_mean_backward", &masked_mean_backward_cpu);
+}
+
+}  // namespace stpriv

@@ -1,0 +1,132 @@
+// CPU kernels of stpriv::topk_keep, stpriv::gather_tokens and stpriv::scatter_tokens
+// (DESIGN.md §Top-k selection and compaction; paper §3.2).
+//
+// topk_keep: per (b, l) row, nth_element with a total order (score descending, then index
+// ascending; NaN ranks like +inf), then the k winners sorted by index: O(N + k log k) per row.
+// gather/scatter copy whole D-rows; rows of one (b, l) step never overlap another step's, so the
+// parallel loop over steps needs no atomics, and scatter adds repeated indices deterministically.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace stpriv {
+namespace {
+
+at::Tensor topk_keep_cpu(const at::Tensor& score_in, int64_t k) {
+  TORCH_CHECK(score_in.dim() == 3, "topk_keep: score must be [B, L, N], got shape ", score_in.sizes());
+  TORCH_CHECK(at::isFloatingType(score_in.scalar_type()), "topk_keep: score must be floating point, got ",
+              score_in.scalar_type());
+  const int64_t B = score_in.size(0), L = score_in.size(1), N = score_in.size(2);
+  TORCH_CHECK(0 <= k && k <= N, "topk_keep: k must be in [0, N=", N, "], got ", k);
+  const at::Tensor score = score_in.contiguous();
+  at::Tensor idx = at::empty({B, L, k}, score.options().dtype(at::kLong));
+  int64_t* out = idx.mutable_data_ptr<int64_t>();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "topk_keep_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* sp = score.const_data_ptr<scalar_t>();
+    at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> value(N);
+      std::vector<int64_t> order(N);
+      for (int64_t row = begin; row < end; ++row) {
+        for (int64_t n = 0; n < N; ++n) {
+          const acc_t v = static_cast<acc_t>(sp[row * N + n]);
+          value[n] = std::isnan(v) ? std::numeric_limits<acc_t>::infinity() : v;
+        }
+        std::iota(order.begin(), order.end(), int64_t(0));
+        const acc_t* v = value.data();
+        std::nth_element(order.begin(), order.begin() + k, order.end(),
+                         [v](int64_t a, int64_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+        std::sort(order.begin(), order.begin() + k);
+        std::copy(order.begin(), order.begin() + k, out + row * k);
+      }
+    });
+  });
+  return idx;
+}
+
+// Checks idx against [B, L, k] int64 with values in [0, N); returns it contiguous.
+at::Tensor checked_index(const char* op, const at::Tensor& idx_in, int64_t B, int64_t N) {
+  TORCH_CHECK(idx_in.dim() == 3 && idx_in.size(0) == B, op, ": idx must be [B, L, k] with B=", B, ", got shape ",
+              idx_in.sizes());
+  TORCH_CHECK(idx_in.scalar_type() == at::kLong, op, ": idx must be int64, got ", idx_in.scalar_type());
+  at::Tensor idx = idx_in.contiguous();
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < idx.numel(); ++i) {
+    TORCH_CHECK(0 <= ip[i] && ip[i] < N, op, ": idx values must be in [0, N=", N, "), found ", ip[i]);
+  }
+  return idx;
+}
+
+at::Tensor gather_tokens_cpu(const at::Tensor& x_in, const at::Tensor& idx_in) {
+  TORCH_CHECK(x_in.dim() == 3, "gather_tokens: x must be [B, L*N, D], got shape ", x_in.sizes());
+  TORCH_CHECK(idx_in.dim() == 3 && idx_in.size(1) > 0, "gather_tokens: idx must be [B, L, k] with L >= 1, got shape ",
+              idx_in.sizes());
+  const int64_t B = x_in.size(0), D = x_in.size(2), L = idx_in.size(1), k = idx_in.size(2);
+  TORCH_CHECK(x_in.size(1) % L == 0, "gather_tokens: x must have L*N tokens with L=", L, ", got ", x_in.size(1));
+  const int64_t N = x_in.size(1) / L;
+  const at::Tensor idx = checked_index("gather_tokens", idx_in, B, N);
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty({B, L * k, D}, x.options());
+  const int64_t row_bytes = D * static_cast<int64_t>(x.element_size());
+  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  char* op = static_cast<char*>(out.mutable_data_ptr());
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  at::parallel_for(0, B * L, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t bl = begin; bl < end; ++bl) {
+      const int64_t b = bl / L, l = bl % L;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t src = b * L * N + l * N + ip[bl * k + j];
+        std::memcpy(op + (bl * k + j) * row_bytes, xp + src * row_bytes, row_bytes);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor scatter_tokens_cpu(const at::Tensor& y_in, const at::Tensor& idx_in, int64_t num_tokens_per_step) {
+  TORCH_CHECK(y_in.dim() == 3, "scatter_tokens: y must be [B, L*k, D], got shape ", y_in.sizes());
+  TORCH_CHECK(idx_in.dim() == 3, "scatter_tokens: idx must be [B, L, k], got shape ", idx_in.sizes());
+  const int64_t B = y_in.size(0), D = y_in.size(2), L = idx_in.size(1), k = idx_in.size(2);
+  const int64_t N = num_tokens_per_step;
+  TORCH_CHECK(N >= 1, "scatter_tokens: num_tokens_per_step must be >= 1, got ", N);
+  TORCH_CHECK(y_in.size(1) == L * k, "scatter_tokens: y must have L*k = ", L * k, " tokens, got ", y_in.size(1));
+  const at::Tensor idx = checked_index("scatter_tokens", idx_in, B, N);
+  const at::Tensor y = y_in.contiguous();
+  at::Tensor out = at::zeros({B, L * N, D}, y.options());
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "scatter_tokens_cpu", [&] {
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * L, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t bl = begin; bl < end; ++bl) {
+        const int64_t b = bl / L, l = bl % L;
+        for (int64_t j = 0; j < k; ++j) {
+          const scalar_t* __restrict src = yp + (bl * k + j) * D;
+          scalar_t* __restrict dst = outp + (b * L * N + l * N + ip[bl * k + j]) * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stpriv, CPU, m) {
+  m.impl("topk_keep", &topk_keep_cpu);
+  m.impl("gather_tokens", &gather_tokens_cpu);
+  m.impl("scatter_tokens", &scatter_tokens_cpu);
+}
+
+}  // namespace stpriv
