@@ -1,0 +1,212 @@
+"""The evaluation protocol on real video datasets, its frame-level variant, and the cross-dataset setup.
+
+``stprivacy.train.evaluation`` runs the protocol (freeze the anonymizer, train fresh recognizers
+on anonymized training videos, test them on anonymized test videos) by transforming a whole
+dataset into memory once, which suits the synthetic benchmark. Real benchmarks do not fit in
+memory and are sampled anew every epoch (random clips and crops), and their test videos come as
+5 clips x 3 crops. Here the frozen anonymizer runs on the fly, batch by batch:
+
+* :func:`evaluate_streaming` - the video-level protocol (paper Table 1): a fresh action recognizer
+  and a fresh privacy recognizer; test logits are averaged over the 15 views of each video.
+* :func:`evaluate_frame_level` - the frame-level privacy protocol (paper Table 3): a fresh 2D
+  privacy recognizer (:class:`stprivacy.model.FrameClassifier`) trained on single anonymized
+  frames, each labeled with its video's attributes; reported per frame, and per video with the
+  frame logits averaged.
+* Cross-dataset (paper Table 2): an anonymizer trained on one benchmark is frozen and evaluated
+  with either protocol on the other; :func:`cross_dataset_tag` records which is which.
+
+Videos that cannot be decoded are skipped (see :mod:`stprivacy.data.video_dataset`) and their
+count is part of every result (``"skipped"``).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import metrics
+from .data.video_dataset import collate_videos
+from .model import FrameClassifier, STPrivacyConfig
+from .train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
+from .train.config import TrainConfig, get_lr
+
+# A frozen anonymizer: Tensor[B, C, T, H, W] -> (Tensor[B, C, T, H, W], keep Tensor[B, L, N] or None).
+Anonymizer = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+PROTOCOLS = ("video", "frame")
+
+
+def _loader(dataset: Dataset, cfg: TrainConfig, *, shuffle: bool, seed_offset: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + seed_offset)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=False, generator=generator,
+                      num_workers=cfg.num_workers, collate_fn=getattr(dataset, "collate_fn", collate_videos))
+
+
+def _batches(loader: DataLoader, device: torch.device, desc: str, progress: bool) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(video, action, privacy) on ``device``, leaving out batches in which every video was skipped."""
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        if batch is None:
+            continue
+        video, action, privacy = batch
+        yield video.to(device), action.to(device), privacy.to(device, torch.float32)
+
+
+@torch.no_grad()
+def _anonymize(transform: Anonymizer, video: Tensor) -> tuple[Tensor, Tensor | None, int]:
+    """Runs the frozen anonymizer on ``Tensor[B, 3, T, S, S]`` or on the views of ``Tensor[B, V, 3, T, S, S]``
+    (flattened to ``B * V`` clips); returns (clips, keep, V)."""
+    views = 1
+    if video.dim() == 6:
+        views = video.shape[1]
+        video = video.flatten(0, 1)
+    out, keep = transform(video)
+    return out, keep, views
+
+
+def _skipped(*datasets: Dataset) -> int:
+    return sum(int(getattr(d, "num_skipped", 0)) for d in datasets)
+
+
+def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, float]:
+    total = cfg.eval_epochs * steps_per_epoch
+    return total, round(cfg.warmup_epochs * steps_per_epoch), cfg.peak_lr * cfg.min_lr_ratio
+
+
+def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
+                       cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer"
+                       ) -> dict[str, Any]:
+    """The video-level protocol with the anonymizer applied on the fly.
+
+    Returns:
+        ``{"top1", "f1", "cmap"}`` (fractions), ``"kept"`` (mean fraction of test tubelets
+        kept), ``"skipped"`` (video loads skipped as unreadable) and ``"seconds"``.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(cfg.device)
+    action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False).to(device).train()
+    privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True).to(device).train()
+    optimizers = (make_optimizer([action_rec], cfg), make_optimizer([privacy_rec], cfg))
+    loader = _loader(train_set, cfg, shuffle=True, seed_offset=3)
+    total, warmup, min_lr = _schedule(cfg, len(loader))
+    step = 0
+    for epoch in range(cfg.eval_epochs):
+        for video, action, privacy in _batches(loader, device, f"{name}: recognizers {epoch + 1}/{cfg.eval_epochs}",
+                                               cfg.progress):
+            clips, keep, _ = _anonymize(transform, video)
+            for opt in optimizers:
+                set_lr(opt, get_lr(step, total, cfg.peak_lr, warmup, min_lr))
+                opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(action_rec(clips, keep), action)
+            loss = loss + F.binary_cross_entropy_with_logits(privacy_rec(clips, keep), privacy)
+            loss.backward()  # disjoint parameters: one backward serves both recognizers
+            for opt in optimizers:
+                clip_and_step(opt, cfg)
+            step += 1
+    action_rec.eval()
+    privacy_rec.eval()
+    logits_a, logits_p, actions, privacies, kept = [], [], [], [], []
+    with torch.no_grad():
+        for video, action, privacy in _batches(_loader(test_set, cfg, shuffle=False, seed_offset=0), device,
+                                               f"{name}: test", cfg.progress):
+            clips, keep, views = _anonymize(transform, video)
+            # Mean of the raw logits over each video's views (VideoMAE's 5 x 3 test).
+            logits_a.append(action_rec(clips, keep).float().view(-1, views, num_classes).mean(1).cpu())
+            logits_p.append(privacy_rec(clips, keep).float().view(-1, views, num_attributes).mean(1).cpu())
+            actions.append(action.cpu())
+            privacies.append(privacy.cpu())
+            kept.append(1.0 if keep is None else float(keep.float().mean()))
+    if not actions:
+        raise ValueError(f"{name}: no test video could be decoded")
+    result: dict[str, Any] = metrics.summarize(torch.cat(logits_a), torch.cat(actions), torch.cat(logits_p),
+                                               torch.cat(privacies))
+    result.update(kept=sum(kept) / len(kept), skipped=_skipped(train_set, test_set), seconds=time.perf_counter() - t0)
+    return result
+
+
+def _frames(clips: Tensor, privacy: Tensor, views: int) -> tuple[Tensor, Tensor]:
+    """``Tensor[B*V, 3, T, S, S]`` -> frames ``Tensor[B*V*T, 3, S, S]`` with each video's labels."""
+    frames = clips.transpose(1, 2).flatten(0, 1)
+    labels = privacy.repeat_interleave(views * clips.shape[2], dim=0)
+    return frames, labels
+
+
+def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
+                         cfg: TrainConfig, *, num_attributes: int, name: str = "anonymizer") -> dict[str, Any]:
+    """The frame-level privacy protocol: a fresh 2D privacy recognizer on single anonymized frames.
+
+    Dropped tubelets are black pixels to a frame model (it has no keep mask), which is what an
+    attacker who only sees the released frames gets.
+
+    Returns:
+        ``{"frame_f1", "frame_cmap"}`` over all test frames, ``{"video_f1", "video_cmap"}`` with
+        the frame logits averaged per video, ``"skipped"`` and ``"seconds"``.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(cfg.device)
+    recognizer: nn.Module = FrameClassifier.from_config(model_cfg, num_attributes, multilabel=True,
+                                                        **_frame_overrides(cfg)).to(device).train()
+    optimizer = make_optimizer([recognizer], cfg)
+    loader = _loader(train_set, cfg, shuffle=True, seed_offset=5)
+    total, warmup, min_lr = _schedule(cfg, len(loader))
+    step = 0
+    for epoch in range(cfg.eval_epochs):
+        for video, _, privacy in _batches(loader, device, f"{name}: frame recognizer {epoch + 1}/{cfg.eval_epochs}",
+                                          cfg.progress):
+            clips, _, views = _anonymize(transform, video)
+            frames, labels = _frames(clips, privacy, views)
+            set_lr(optimizer, get_lr(step, total, cfg.peak_lr, warmup, min_lr))
+            optimizer.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(recognizer(frames), labels).backward()
+            clip_and_step(optimizer, cfg)
+            step += 1
+    recognizer.eval()
+    frame_logits, frame_labels, video_logits, video_labels = [], [], [], []
+    with torch.no_grad():
+        for video, _, privacy in _batches(_loader(test_set, cfg, shuffle=False, seed_offset=0), device,
+                                          f"{name}: frame test", cfg.progress):
+            clips, _, views = _anonymize(transform, video)
+            frames, labels = _frames(clips, privacy, views)
+            logits = recognizer(frames).float()
+            frame_logits.append(logits.cpu())
+            frame_labels.append(labels.cpu())
+            video_logits.append(logits.view(privacy.shape[0], -1, num_attributes).mean(1).cpu())
+            video_labels.append(privacy.cpu())
+    if not video_labels:
+        raise ValueError(f"{name}: no test video could be decoded")
+    frame_y, frame_s = torch.cat(frame_labels), torch.cat(frame_logits)
+    video_y, video_s = torch.cat(video_labels), torch.cat(video_logits)
+    return {
+        "frame_f1": metrics.privacy_f1(frame_y, frame_s), "frame_cmap": metrics.privacy_cmap(frame_y, frame_s),
+        "video_f1": metrics.privacy_f1(video_y, video_s), "video_cmap": metrics.privacy_cmap(video_y, video_s),
+        "skipped": _skipped(train_set, test_set), "seconds": time.perf_counter() - t0,
+    }
+
+
+def _frame_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The recognizer sizes of ``cfg.recognizer`` that a frame model understands."""
+    allowed = ("embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+    return {k: v for k, v in cfg.recognizer.items() if k in allowed}
+
+
+def run_protocol(protocol: str, transform: Anonymizer, train_set: Dataset, test_set: Dataset,
+                 model_cfg: STPrivacyConfig, cfg: TrainConfig, *, num_classes: int, num_attributes: int,
+                 name: str = "anonymizer") -> dict[str, Any]:
+    """``"video"`` (:func:`evaluate_streaming`) or ``"frame"`` (:func:`evaluate_frame_level`)."""
+    if protocol == "video":
+        return evaluate_streaming(transform, train_set, test_set, model_cfg, cfg, num_classes=num_classes,
+                                  num_attributes=num_attributes, name=name)
+    if protocol == "frame":
+        return evaluate_frame_level(transform, train_set, test_set, model_cfg, cfg, num_attributes=num_attributes,
+                                    name=name)
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def cross_dataset_tag(result: dict[str, Any], trained_on: str, evaluated_on: str) -> dict[str, Any]:
+    """Marks a result with the benchmark the anonymizer was trained on and the one it was evaluated
+    on (paper Table 2: e.g. trained on VP-UCF101, evaluated on VP-HMDB51)."""
+    return {**result, "trained_on": trained_on, "evaluated_on": evaluated_on, "cross_dataset": trained_on != evaluated_on}
