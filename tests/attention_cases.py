@@ -58,8 +58,12 @@ def max_err(a, b):
 def assert_close_to_oracle(name, got, want, dtype, same_dtype_ref=None):
     atol, rtol = TOLERANCES[dtype]
     got, want = got.double().cpu(), want.double().cpu()
-    if same_dtype_ref is not None and dtype in (torch.float16, torch.bfloat16):
+    if same_dtype_ref is not None and dtype != torch.float64:
         err, ref_err = max_err(got, want), max_err(same_dtype_ref, want)
-        assert err <= 2 * ref_err + atol, f"{name}: error {err:.3g} > 2 x reference error {ref_err:.3g} + {atol}"
-        return
+        if err <= 2 * ref_err + atol:
+            return
+        if dtype in (torch.float16, torch.bfloat16):
+            raise AssertionError(f"{name}: error {err:.3g} > 2 x reference error {ref_err:.3g} + {atol}")
+    # float32: within the table, or (above) within 2x the float32 reference's own error, which grows
+    # with the magnitude of the scores.
     torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
