@@ -85,22 +85,27 @@ def _info(container: av.container.InputContainer, path: str | Path) -> VideoInfo
     return VideoInfo(num_frames, Fraction(fps), stream.codec_context.height, stream.codec_context.width)
 
 
+def _decode(path: str | Path) -> Iterator[av.VideoFrame]:
+    """Yields the decoded frames of the first video stream, in order, still in the codec's format."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        yield from container.decode(stream)
+    except av.FFmpegError as exc:
+        raise VideoDecodeError(f"decoding {path} failed: {exc}") from exc
+    finally:
+        container.close()
+
+
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Yields every frame of the first video stream, in order, as ``uint8[H, W, 3]`` RGB.
 
     Raises:
         VideoDecodeError: the file cannot be opened or decoding fails part way.
     """
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as exc:
-        raise VideoDecodeError(f"decoding {path} failed: {exc}") from exc
-    finally:
-        container.close()
+    for frame in _decode(path):
+        yield frame.to_ndarray(format="rgb24")
 
 
 def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray, num_frames: int | None = None) -> np.ndarray:
@@ -131,20 +136,24 @@ def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray, num_frame
     last_needed = int(wanted.max())
     kept: dict[int, np.ndarray] = {}
     frame, decoded = None, 0
-    for i, frame in enumerate(iter_frames(path)):
+    # Only the frames asked for are converted to RGB; the rest are just decoded and dropped.
+    for i, frame in enumerate(_decode(path)):
         decoded = i + 1
-        if i in needed:
-            kept[i] = frame
+        if i in needed or i >= last_needed:
+            kept[i] = frame.to_ndarray(format="rgb24")
         if i >= last_needed:
             break
-    if frame is None:
+    if not decoded:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
     if decoded <= last_needed:
         expected = num_frames if num_frames is not None else last_needed + 1
         if decoded < math.ceil(expected * (1 - TRUNCATION_TOLERANCE)):
             raise VideoDecodeError(f"{path} is truncated: header says {expected} frames, decoded {decoded}")
-    # ``frame`` is the last decoded one: it stands in for indices past a slightly short stream.
-    return np.stack([kept.get(i, frame) for i in wanted.tolist()])
+    # The last decoded frame stands in for indices past a slightly short stream.
+    last = kept.get(decoded - 1)
+    if last is None:
+        last = frame.to_ndarray(format="rgb24")
+    return np.stack([kept.get(i, last) for i in wanted.tolist()])
 
 
 def write_video(
