@@ -1,0 +1,303 @@
+"""Triton kernels of masked attention against the float64 oracle.
+
+Without a GPU the launchers run on CPU tensors under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1); with one, the same tests run on CUDA tensors, and the tests marked ``cuda``
+also go through ``torch.ops.stpriv`` and autograd, bfloat16 included.
+
+Error rule (flash-attention's): a kernel's error against the float64 oracle is at most twice the
+error of the same-dtype eager PyTorch attention (DynamicViT's ``softmax_with_policy``, which is what
+the STPrivacy release runs) plus a small absolute slack, both relative to the oracle's largest entry.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
+
+import stpriv_ops  # noqa: E402
+from stpriv_ops import reference  # noqa: E402
+from stpriv_ops.triton import masked_attention as triton_ma  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if INTERPRET:
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+# numpy (the interpreter) warns on log2(0) = -inf, which is how the forward zeroes dropped keys.
+pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning")
+
+# Fixed tiles keep the GPU run free of autotuning (minutes of compiles); BLOCK_M != BLOCK_N on
+# purpose, so the diagonal ranges of unequal tiles are exercised. The interpreter has its own.
+BLOCKS = None if INTERPRET else {"fwd": (64, 32), "dkdv": (32, 64), "dq": (64, 32)}
+# Absolute slack, relative to the oracle's largest entry or 1, whichever is larger (inputs are O(1),
+# and some gradients, dq and dk at N = 1 or with every key dropped, are exactly 0). For fp16/bf16
+# the output's is one unit in the last place: flash-style kernels round the unnormalized
+# probabilities to the input dtype, so with every key dropped they miss out_i = v_i by an ulp where
+# eager is exact; the gradients' is four, since delta_i = dout_i . out_i uses that rounded output
+# and scale * |dout| |k| carries it into dq and dk.
+SLACK = {torch.float32: (2e-6, 2e-6), torch.float16: (2**-10, 2**-8), torch.bfloat16: (2**-7, 2**-5)}
+OUTPUTS = ("out", "dq", "dk", "dv", "dkeep")
+
+
+@dataclass(frozen=True)
+class Case:
+    B: int
+    H: int
+    N: int
+    d: int
+    dtype: torch.dtype = torch.float32
+    keep: str = "hard"  # hard | soft | zeros | ones
+    eps: float = 1e-6
+    scale: float | None = None
+    magnitude: float = 1.0  # input scale; 4 gives scores of a few hundred
+    strided: bool = False  # q, k, v as views of one fused qkv tensor, keep a strided view
+
+
+def make_inputs(case: Case, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    B, H, N, d = case.B, case.H, case.N, case.d
+    if case.strided:  # timm's layout: qkv Linear output [B, N, 3, H, d] permuted to [3, B, H, N, d]
+        qkv = torch.randn(B, N, 3, H, d, generator=g).permute(2, 0, 3, 1, 4)
+        q, k, v = (case.magnitude * qkv[i] for i in range(3))
+    else:
+        q, k, v = (case.magnitude * torch.randn(B, H, N, d, generator=g) for _ in range(3))
+    keep = {
+        "hard": (torch.rand(B, N, generator=g) < 0.6).float(),
+        "soft": torch.rand(B, N, generator=g),
+        "zeros": torch.zeros(B, N),
+        "ones": torch.ones(B, N),
+    }[case.keep]
+    if case.strided:
+        keep = torch.stack([keep, torch.rand(B, N, generator=g)], dim=-1)[..., 0]
+    grad_out = torch.randn(B, H, N, d, generator=g)
+    q, k, v, grad_out = (t.to(device=device, dtype=case.dtype) for t in (q, k, v, grad_out))
+    return q, k, v, keep.to(device), grad_out
+
+
+def oracle(q, k, v, keep, grad_out, scale, eps):
+    """float64 reference: out, the four gradients, and the statistics m_i and Z_i."""
+    leaves = [t.detach().to(torch.float64).requires_grad_() for t in (q, k, v, keep)]
+    out = reference.masked_attention(*leaves, scale, eps)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(torch.float64))
+    q64, k64, _, keep64 = (t.detach() for t in leaves)
+    n, d = q.shape[-2:]
+    scores = (d**-0.5 if scale is None else scale) * (q64 @ k64.transpose(-2, -1))
+    row_max = scores.amax(dim=-1)
+    eye = torch.eye(n, dtype=torch.float64, device=q.device)
+    w = keep64[:, None, None, :] * (1 - eye) + eye
+    row_sum = (w * torch.exp(scores - row_max[..., None])).sum(dim=-1) + eps
+    return dict(zip(OUTPUTS, (out.detach(), *grads))), row_max, row_sum
+
+
+def same_dtype_eager(q, k, v, keep, grad_out, scale, eps):
+    """DynamicViT's softmax_with_policy attention in the inputs' dtype, and its autograd gradients."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, keep)]
+    q_, k_, v_, keep_ = leaves
+    n, d = q.shape[-2:]
+    attn = (q_ @ k_.transpose(-2, -1)) * (d**-0.5 if scale is None else scale)
+    policy = keep_.to(q.dtype)[:, None, None, :]
+    eye = torch.eye(n, dtype=q.dtype, device=q.device)
+    policy = policy + (1 - policy) * eye
+    attn = attn - attn.amax(dim=-1, keepdim=True).detach()
+    attn = attn.float().exp() * policy.float()
+    attn = (attn + eps / n) / (attn.sum(dim=-1, keepdim=True) + eps)
+    out = attn.to(q.dtype) @ v_
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    return dict(zip(OUTPUTS, (out.detach(), *grads)))
+
+
+def max_error(got, expected) -> float:
+    return (got.to(torch.float64) - expected).abs().max().item()
+
+
+def assert_within_rule(got: dict, expected: dict, baseline: dict, dtype: torch.dtype) -> None:
+    for name in OUTPUTS:
+        assert torch.isfinite(got[name]).all(), f"{name} has non-finite entries"
+        assert got[name].dtype == baseline[name].dtype, f"{name}: dtype {got[name].dtype}"
+        magnitude = expected[name].abs().max().item()
+        err = max_error(got[name], expected[name])
+        baseline_err = max_error(baseline[name], expected[name])
+        if not math.isfinite(baseline_err):  # eager overflowed (fp16 dkeep at large scores): no credit
+            baseline_err = 0.0
+        allowed = 2 * baseline_err + SLACK[dtype][name != "out"] * max(magnitude, 1.0)
+        assert err <= allowed, f"{name}: error {err:.3e} > allowed {allowed:.3e} (|max| {magnitude:.3e})"
+
+
+def run_kernels(q, k, v, keep, grad_out, scale, eps, blocks=BLOCKS):
+    out, row_max, row_sum = triton_ma.masked_attention_forward(q, k, v, keep, scale, eps, blocks=blocks)
+    grads = triton_ma.masked_attention_backward(
+        grad_out, q, k, v, keep, out, row_max, row_sum, scale, eps, blocks=blocks
+    )
+    return dict(zip(OUTPUTS, (out, *grads))), row_max, row_sum
+
+
+CASES = {
+    "n1": Case(1, 2, 1, 16),
+    "odd_n37_soft_d32": Case(2, 2, 37, 32, keep="soft"),
+    "n130_hard_d64": Case(1, 2, 130, 64),
+    "d128": Case(1, 1, 21, 128),
+    "all_dropped_eps0": Case(1, 2, 37, 16, keep="zeros", eps=0.0),
+    "all_kept": Case(1, 2, 37, 16, keep="ones"),
+    "large_scores": Case(1, 2, 37, 16, magnitude=4.0),
+    "d24_negative_scale_strided": Case(2, 2, 45, 24, scale=-0.3, strided=True),
+    "fp16_n130_d64": Case(1, 2, 130, 64, dtype=torch.float16),
+    "fp16_odd_soft_d32": Case(2, 2, 37, 32, dtype=torch.float16, keep="soft"),
+    "fp16_dropped_eps0_d16": Case(1, 2, 50, 16, dtype=torch.float16, keep="zeros", eps=0.0),
+    "fp16_large_scores": Case(1, 2, 37, 16, dtype=torch.float16, magnitude=3.0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_kernels_match_float64_oracle(case):
+    q, k, v, keep, grad_out = make_inputs(case, DEVICE)
+    got, row_max, row_sum = run_kernels(q, k, v, keep, grad_out, case.scale, case.eps)
+    expected, max64, sum64 = oracle(q, k, v, keep, grad_out, case.scale, case.eps)
+    baseline = same_dtype_eager(q, k, v, keep, grad_out, case.scale, case.eps)
+    assert_within_rule(got, expected, baseline, case.dtype)
+    assert row_max.dtype == row_sum.dtype == torch.float32
+    # Stats from fp16 inputs are exact-product fp32 sums: float32-level error in the scores.
+    stat_tol = 1e-5 * (1 + max64.abs().max().item())
+    torch.testing.assert_close(row_max.double(), max64, rtol=0, atol=stat_tol)
+    torch.testing.assert_close(row_sum.double(), sum64, rtol=1e-5, atol=stat_tol)
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [{"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 32)}, {"fwd": (32, 32), "dkdv": (16, 16), "dq": (32, 32)}],
+    ids=["m16_n32", "square"],
+)
+def test_tile_shapes_agree(blocks):
+    """Every tiling, tails and diagonal ranges included, computes the same function."""
+    case = Case(2, 2, 70, 16, keep="soft")
+    q, k, v, keep, grad_out = make_inputs(case, DEVICE, seed=1)
+    got, _, _ = run_kernels(q, k, v, keep, grad_out, None, case.eps, blocks=blocks)
+    expected, _, _ = oracle(q, k, v, keep, grad_out, None, case.eps)
+    baseline = same_dtype_eager(q, k, v, keep, grad_out, None, case.eps)
+    assert_within_rule(got, expected, baseline, case.dtype)
+
+
+def test_backward_is_deterministic():
+    case = Case(2, 3, 70, 32, dtype=torch.float16)
+    q, k, v, keep, grad_out = make_inputs(case, DEVICE, seed=2)
+    out, row_max, row_sum = triton_ma.masked_attention_forward(q, k, v, keep, blocks=BLOCKS)
+    first = triton_ma.masked_attention_backward(grad_out, q, k, v, keep, out, row_max, row_sum, None, 1e-6, blocks=BLOCKS)
+    second = triton_ma.masked_attention_backward(grad_out, q, k, v, keep, out, row_max, row_sum, None, 1e-6, blocks=BLOCKS)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_dkeep_trains_dropped_keys():
+    """dkeep is nonzero for dropped keys: the straight-through estimator depends on it."""
+    case = Case(1, 2, 40, 16)
+    q, k, v, keep, grad_out = make_inputs(case, DEVICE, seed=3)
+    got, _, _ = run_kernels(q, k, v, keep, grad_out, None, case.eps)
+    dropped = keep == 0
+    assert dropped.any() and (got["dkeep"][dropped].abs() > 1e-6).all()
+
+
+def test_float64_runs_the_reference_with_float64_stats():
+    case = Case(1, 2, 20, 16, dtype=torch.float64, keep="soft")
+    q, k, v, keep, grad_out = make_inputs(case, DEVICE, seed=4)
+    keep = keep.double()
+    got, row_max, row_sum = run_kernels(q, k, v, keep, grad_out, None, case.eps)
+    expected, max64, sum64 = oracle(q, k, v, keep, grad_out, None, case.eps)
+    assert row_max.dtype == row_sum.dtype == torch.float64
+    torch.testing.assert_close(row_max, max64)
+    torch.testing.assert_close(row_sum, sum64)
+    for name in OUTPUTS:
+        torch.testing.assert_close(got[name], expected[name])
+
+
+def test_launchers_reject_bad_inputs():
+    q = torch.randn(1, 2, 8, 16, device=DEVICE)
+    keep = torch.ones(1, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="head dim"):
+        big = torch.randn(1, 2, 8, 256, device=DEVICE)
+        triton_ma.masked_attention_forward(big, big, big, keep)
+    with pytest.raises(ValueError, match="keep"):
+        triton_ma.masked_attention_forward(q, q, q, torch.ones(1, 9, device=DEVICE))
+    with pytest.raises(TypeError, match="share one dtype"):
+        triton_ma.masked_attention_forward(q, q.half(), q, keep)
+    with pytest.raises(ValueError, match="eps"):
+        triton_ma.masked_attention_forward(q, q, q, keep, None, -1.0)
+    with pytest.raises(ValueError, match="row_sum"):
+        out, row_max, _ = triton_ma.masked_attention_forward(q, q, q, keep)
+        triton_ma.masked_attention_backward(q, q, q, q, keep, out, row_max, row_max[:, :1], None, 1e-6)
+
+
+# ---- CUDA only: through torch.ops.stpriv, autotuned, with autograd -------------------------------
+def _require_ops():
+    if not stpriv_ops.has_ops():
+        pytest.skip("stpriv_ops._C is not built: torch.ops.stpriv is unavailable")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(2, 6, 392, 64), (2, 3, 130, 128), (3, 2, 37, 16)], ids=str)
+def test_cuda_op_autograd_matches_oracle(dtype, shape):
+    _require_ops()
+    case = Case(*shape, dtype=dtype, keep="hard")
+    q, k, v, keep, grad_out = make_inputs(case, "cuda", seed=5)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, keep)]
+    out = stpriv_ops.masked_attention(*leaves)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    got = dict(zip(OUTPUTS, (out.detach(), *grads)))
+    expected, _, _ = oracle(q, k, v, keep, grad_out, None, 1e-6)
+    baseline = same_dtype_eager(q, k, v, keep, grad_out, None, 1e-6)
+    assert_within_rule(got, expected, baseline, dtype)
+
+
+@pytest.mark.cuda
+def test_cuda_tf32_follows_torch_matmul_precision():
+    _require_ops()
+    case = Case(2, 6, 392, 64)
+    q, k, v, keep, grad_out = make_inputs(case, "cuda", seed=6)
+    expected, _, _ = oracle(q, k, v, keep, grad_out, None, 1e-6)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        out = stpriv_ops.masked_attention(q, k, v, keep)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    # TF32 keeps 10 mantissa bits: errors of a few 1e-3 of the largest output.
+    assert max_error(out, expected["out"]) <= 5e-3 * expected["out"].abs().max().item()
+
+
+@pytest.mark.cuda
+def test_cuda_backward_is_bitwise_deterministic():
+    _require_ops()
+    case = Case(8, 6, 392, 64, dtype=torch.bfloat16)
+    q, k, v, keep, grad_out = make_inputs(case, "cuda", seed=7)
+    runs = []
+    for _ in range(2):
+        leaves = [t.detach().requires_grad_() for t in (q, k, v, keep)]
+        out = stpriv_ops.masked_attention(*leaves)
+        runs.append(torch.autograd.grad(out, leaves, grad_out))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_cuda_compiles_fullgraph():
+    _require_ops()
+    case = Case(2, 6, 97, 64, dtype=torch.bfloat16)
+    q, k, v, keep, grad_out = make_inputs(case, "cuda", seed=8)
+
+    def step(q, k, v, keep):
+        return stpriv_ops.masked_attention(q, k, v, keep).float().square().sum()
+
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, keep)]
+    loss = torch.compile(step, fullgraph=True)(*leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    leaves_eager = [t.detach().requires_grad_() for t in (q, k, v, keep)]
+    grads_eager = torch.autograd.grad(step(*leaves_eager), leaves_eager)
+    for a, b in zip(grads, grads_eager):
+        torch.testing.assert_close(a, b)
