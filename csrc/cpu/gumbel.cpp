@@ -47,7 +47,8 @@ inline float philox_uniform(uint64_t seed, uint64_t offset) {
   return static_cast<float>(bits) * 0x1p-23f + 0x1p-24f;
 }
 
-inline float logistic_from_uniform(float u) { return std::log(u) - std::log1p(-u); }
+// log(1 - u) rather than log1p(-u): 1 - u is exact here, and the Triton kernel computes the same.
+inline float logistic_from_uniform(float u) { return std::log(u) - std::log(1.0f - u); }
 inline float gumbel_from_uniform(float u) { return -std::log(-std::log(u)); }
 
 at::ScalarType noise_dtype(at::ScalarType dtype) {
@@ -176,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& score_in, i
     const acc_t* np = noise.has_value() ? noise->const_data_ptr<acc_t>() : nullptr;
     scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
     acc_t* softp = soft.mutable_data_ptr<acc_t>();
-    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(tau);
+    const acc_t tau_acc = static_cast<acc_t>(tau);
     at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> perturbed(N), ranked(N);
       std::vector<int64_t> order(N);
@@ -187,11 +188,11 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& score_in, i
           const acc_t g = np ? np[base + n] : static_cast<acc_t>(gumbel_from_uniform(philox_uniform(seed_value, base + n)));
           perturbed[n] = static_cast<acc_t>(sp[base + n]) + g;
           ranked[n] = std::isnan(perturbed[n]) ? std::numeric_limits<acc_t>::infinity() : perturbed[n];
-          row_max = std::max(row_max, perturbed[n] * inv_tau);
+          row_max = std::max(row_max, perturbed[n] / tau_acc);
         }
         acc_t total = 0;
         for (int64_t n = 0; n < N; ++n) {
-          softp[base + n] = std::exp(perturbed[n] * inv_tau - row_max);
+          softp[base + n] = std::exp(perturbed[n] / tau_acc - row_max);
           total += softp[base + n];
         }
         for (int64_t n = 0; n < N; ++n) {
