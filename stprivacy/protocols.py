@@ -20,6 +20,8 @@ count is part of every result (``"skipped"``).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data.video_dataset import collate_videos
-from .model import FrameClassifier, STPrivacyConfig
+from .model import FrameClassifier, STPrivacy, STPrivacyConfig
 from .train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .train.config import TrainConfig, get_lr
 
@@ -210,3 +212,64 @@ def cross_dataset_tag(result: dict[str, Any], trained_on: str, evaluated_on: str
     """Marks a result with the benchmark the anonymizer was trained on and the one it was evaluated
     on (paper Table 2: e.g. trained on VP-UCF101, evaluated on VP-HMDB51)."""
     return {**result, "trained_on": trained_on, "evaluated_on": evaluated_on, "cross_dataset": trained_on != evaluated_on}
+
+
+# ---- command-line glue for `stprivacy train` / `stprivacy evaluate` ------------------------------
+
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """The protocol options shared by ``train`` and ``evaluate``."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="video",
+                        help="video: fresh video recognizers (paper Table 1); frame: a fresh per-frame 2D privacy "
+                             "recognizer (Table 3)")
+    parser.add_argument("--eval-dataset", default=None, metavar="NAME",
+                        help="evaluate on this dataset instead of the training one: the cross-dataset protocol "
+                             "(Table 2), e.g. train on ucf101, evaluate on hmdb51")
+    parser.add_argument("--eval-dataset-kwargs", type=json.loads, default=None, metavar="JSON",
+                        help='options of --eval-dataset, e.g. \'{"video_root": "...", "split_dir": "..."}\'')
+
+
+def uses_protocols(args: argparse.Namespace, dataset: Dataset) -> bool:
+    """Whether evaluation must go through this module: a frame-level or cross-dataset request, or
+    a streamed (real video) dataset, which the in-memory evaluation cannot hold."""
+    return (getattr(args, "protocol", "video") != "video" or getattr(args, "eval_dataset", None) is not None
+            or hasattr(dataset, "collate_fn"))
+
+
+def evaluate_with_protocol(model: STPrivacy, cfg: TrainConfig, args: argparse.Namespace, train_set: Dataset,
+                           test_set: Dataset, keep_ratios: list[float] | None = None) -> dict[str, dict[str, Any]]:
+    """Runs ``args.protocol`` for a frozen STPrivacy model at each deployment keep ratio, on
+    ``--eval-dataset`` when given (cross-dataset) or on the given datasets.
+
+    Returns:
+        ``{str(ratio): result}``, each result tagged with ``trained_on`` / ``evaluated_on``.
+    """
+    from .train.data_factory import build_dataset
+    from .train.evaluation import stprivacy_transform
+
+    evaluated_on = cfg.dataset
+    if args.eval_dataset is not None:
+        evaluated_on = args.eval_dataset
+        geometry = {"frames": model.cfg.frames, "image_size": model.cfg.image_size, "tubelet": model.cfg.tubelet}
+        options = args.eval_dataset_kwargs or {}
+        train_set = build_dataset(evaluated_on, "train", geometry, **options)
+        test_set = build_dataset(evaluated_on, "test", geometry, **options)
+    ratios = keep_ratios or cfg.eval_keep_ratios or [model.cfg.alpha]
+    results = {}
+    for ratio in ratios:
+        torch.manual_seed(cfg.seed + 1)  # the fresh recognizers start alike for every ratio
+        result = run_protocol(args.protocol, stprivacy_transform(model, ratio), train_set, test_set, model.cfg, cfg,
+                              num_classes=int(train_set.num_classes), num_attributes=int(train_set.num_attributes),
+                              name=f"stprivacy alpha={ratio:g}")
+        results[f"{ratio:g}"] = cross_dataset_tag(result, trained_on=cfg.dataset, evaluated_on=evaluated_on)
+    return results
+
+
+def format_results(results: dict[str, dict[str, Any]]) -> str:
+    """A table of :func:`evaluate_with_protocol`'s results, in percent."""
+    first = next(iter(results.values()))
+    keys = [k for k in ("top1", "f1", "cmap", "kept", "frame_f1", "frame_cmap", "video_f1", "video_cmap") if k in first]
+    lines = [f"{first['trained_on']} -> {first['evaluated_on']}" + (" (cross-dataset)" if first["cross_dataset"] else ""),
+             f"{'alpha':>6} " + " ".join(f"{k + ' %':>12}" for k in keys) + f" {'skipped':>8}"]
+    for alpha, r in results.items():
+        lines.append(f"{alpha:>6} " + " ".join(f"{100 * r[k]:12.1f}" for k in keys) + f" {r['skipped']:>8}")
+    return "\n".join(lines)

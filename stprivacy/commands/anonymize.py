@@ -16,6 +16,14 @@ from ..anonymize import anonymize_path, load_anonymizer, plan_jobs
 HELP = "anonymize a video file or a folder of videos with a trained STPrivacy model"
 
 
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers ``anonymize`` with the ``stprivacy`` command line."""
+    parser = subparsers.add_parser("anonymize", help=HELP, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="a video file, or a folder of video files (searched recursively)")
     parser.add_argument("-o", "--output", required=True,
