@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
+triton = pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
 
 import stpriv_ops  # noqa: E402
 from stpriv_ops import reference  # noqa: E402
@@ -59,6 +61,7 @@ class Case:
     scale: float | None = None
     magnitude: float = 1.0  # input scale; 4 gives scores of a few hundred
     strided: bool = False  # q, k, v as views of one fused qkv tensor, keep a strided view
+    negative_scores: bool = False  # q > 0 > k: every score < 0, so a zero-padded key would be the max
 
 
 def make_inputs(case: Case, device: str, seed: int = 0):
@@ -69,6 +72,8 @@ def make_inputs(case: Case, device: str, seed: int = 0):
         q, k, v = (case.magnitude * qkv[i] for i in range(3))
     else:
         q, k, v = (case.magnitude * torch.randn(B, H, N, d, generator=g) for _ in range(3))
+    if case.negative_scores:
+        q, k = q.abs() + 0.5, -(k.abs() + 0.5)
     keep = {
         "hard": (torch.rand(B, N, generator=g) < 0.6).float(),
         "soft": torch.rand(B, N, generator=g),
@@ -147,6 +152,8 @@ CASES = {
     "all_dropped_eps0": Case(1, 2, 37, 16, keep="zeros", eps=0.0),
     "all_kept": Case(1, 2, 37, 16, keep="ones"),
     "large_scores": Case(1, 2, 37, 16, magnitude=4.0),
+    "negative_scores_tail": Case(1, 2, 37, 16, negative_scores=True, scale=8.0),  # every S_ij < -120
+    "large_eps": Case(1, 2, 37, 16, keep="soft", eps=0.3),
     "d24_negative_scale_strided": Case(2, 2, 45, 24, scale=-0.3, strided=True),
     "fp16_n130_d64": Case(1, 2, 130, 64, dtype=torch.float16),
     "fp16_odd_soft_d32": Case(2, 2, 37, 32, dtype=torch.float16, keep="soft"),
@@ -169,10 +176,30 @@ def test_kernels_match_float64_oracle(case):
     torch.testing.assert_close(row_sum.double(), sum64, rtol=1e-5, atol=stat_tol)
 
 
+@settings(max_examples=6, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    d=st.sampled_from([16, 32]),
+    keep=st.sampled_from(["hard", "soft", "zeros", "ones"]),
+    eps=st.sampled_from([0.0, 1e-6, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_oracle(n, d, keep, eps, seed):
+    case = Case(1, 2, n, d, keep=keep, eps=eps)
+    q, k, v, keep_t, grad_out = make_inputs(case, DEVICE, seed=seed)
+    got, _, _ = run_kernels(q, k, v, keep_t, grad_out, None, eps)
+    expected, _, _ = oracle(q, k, v, keep_t, grad_out, None, eps)
+    assert_within_rule(got, expected, same_dtype_eager(q, k, v, keep_t, grad_out, None, eps), case.dtype)
+
+
 @pytest.mark.parametrize(
     "blocks",
-    [{"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 32)}, {"fwd": (32, 32), "dkdv": (16, 16), "dq": (32, 32)}],
-    ids=["m16_n32", "square"],
+    [
+        {"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 32)},
+        {"fwd": (32, 32), "dkdv": (16, 16), "dq": (32, 32)},
+        {stage: triton.Config({"BLOCK_M": 16, "BLOCK_N": 64}, num_warps=4, num_stages=2) for stage in ("fwd", "dkdv", "dq")},
+    ],
+    ids=["m16_n32", "square", "config_m16_n64"],
 )
 def test_tile_shapes_agree(blocks):
     """Every tiling, tails and diagonal ranges included, computes the same function."""
@@ -253,6 +280,20 @@ def test_cuda_op_autograd_matches_oracle(dtype, shape):
     expected, _, _ = oracle(q, k, v, keep, grad_out, None, 1e-6)
     baseline = same_dtype_eager(q, k, v, keep, grad_out, None, 1e-6)
     assert_within_rule(got, expected, baseline, dtype)
+
+
+@pytest.mark.cuda
+def test_cuda_every_tuning_config_matches_oracle():
+    """Each autotuning candidate is correct (and, compiled here, cached for the benchmarks)."""
+    case = Case(2, 6, 392, 64, dtype=torch.bfloat16)
+    q, k, v, keep, grad_out = make_inputs(case, "cuda", seed=9)
+    expected, _, _ = oracle(q, k, v, keep, grad_out, None, case.eps)
+    baseline = same_dtype_eager(q, k, v, keep, grad_out, None, case.eps)
+    rounds = max(len(configs) for configs in triton_ma.CONFIGS.values())
+    for i in range(rounds):
+        blocks = {stage: configs[i % len(configs)] for stage, configs in triton_ma.CONFIGS.items()}
+        got, _, _ = run_kernels(q, k, v, keep, grad_out, None, case.eps, blocks=blocks)
+        assert_within_rule(got, expected, baseline, case.dtype)
 
 
 @pytest.mark.cuda

@@ -272,7 +272,7 @@ def _masked_attention_bwd_dkdv_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     key_valid = offs_n < N
 
-    # Padded key rows compute garbage that stays in their own rows and is never stored.
+    # Padded key rows compute garbage (inf or NaN too) that stays in their own rows, never stored.
     k = tl.load(K_ptr + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                 mask=key_valid[:, None], other=0.0)
     v = tl.load(V_ptr + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
@@ -408,19 +408,18 @@ def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     ]
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward: big query tiles amortize the K/V stream.
-# dkdv: key tile large, query step small (the Triton fused-attention tutorial's 32 x 128 and
-# neighbours); dq: the mirror image.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), the first of each list being the default when
+# autotuning is off. Forward: big query tiles amortize the K/V stream. dkdv: key tile large, query
+# step small (the Triton fused-attention tutorial's 32 x 128 and neighbours); dq: the mirror image.
 _FWD_CONFIGS = _configs([
-    (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 128, 8, 2),
-    (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2),
+    (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4),
 ])
-_DKDV_CONFIGS = _configs([
-    (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 4),
-])
-_DQ_CONFIGS = _configs([
-    (128, 32, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 4),
-])
+_DKDV_CONFIGS = _configs([(32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3)])
+_DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3)])
+CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
+# Autotuning compiles every config once per (N, head dim, dtype): tens of seconds per new shape.
+# STPRIV_TRITON_AUTOTUNE=0 takes each list's first config instead (quick checks, CI on a GPU).
+_AUTOTUNE = os.environ.get("STPRIV_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -453,17 +452,24 @@ _MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which carries batch * heads
 
 
 def _launch(kernel, tuned, stage: str, length: int, tile: str, batch_heads: int, blocks, *args, **kwargs) -> None:
-    """Runs ``tuned`` (autotuned, GPU) or ``kernel`` with fixed tiles (interpreter, tests).
+    """Runs ``tuned`` (autotuned, GPU) or ``kernel`` with fixed tiles (interpreter, tests, no autotune).
 
-    Grid axis 0 covers ``length`` rows in tiles of ``tile`` ("BLOCK_M" or "BLOCK_N"), axis 1 is B*H.
+    Grid axis 0 covers ``length`` (= N) rows in tiles of ``tile`` ("BLOCK_M" or "BLOCK_N"), axis 1 is
+    B*H. ``blocks[stage]`` may be ``(BLOCK_M, BLOCK_N)`` or a ``triton.Config``.
     """
-    fixed = (blocks or {}).get(stage) or (INTERPRETER_BLOCKS[stage] if _INTERPRET else None)
+    fixed = (blocks or {}).get(stage)
+    if fixed is None and _INTERPRET:
+        fixed = INTERPRETER_BLOCKS[stage]
+    if fixed is None and not _AUTOTUNE:
+        fixed = _prune_configs(CONFIGS[stage], {"N": length}, **kwargs)[0]
     if fixed is None:
         tuned[lambda meta: (triton.cdiv(length, meta[tile]), batch_heads)](*args, **kwargs)
         return
-    block_m, block_n = fixed
-    grid = (triton.cdiv(length, block_m if tile == "BLOCK_M" else block_n), batch_heads)
-    kernel[grid](*args, BLOCK_M=block_m, BLOCK_N=block_n, **kwargs)
+    if isinstance(fixed, triton.Config):
+        options = dict(fixed.kwargs, num_warps=fixed.num_warps, num_stages=fixed.num_stages)
+    else:
+        options = {"BLOCK_M": fixed[0], "BLOCK_N": fixed[1]}
+    kernel[(triton.cdiv(length, options[tile]), batch_heads)](*args, **options, **kwargs)
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, eps: float) -> None:
@@ -517,7 +523,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> tuple[Tens
 
 def masked_attention_forward(
     q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float | None = None, eps: float = 1e-6,
-    *, blocks: dict[str, tuple[int, int]] | None = None,
+    *, blocks: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Forward of ``stpriv.masked_attention`` (the op's CUDA kernel; CPU tensors under the interpreter).
 
@@ -527,7 +533,7 @@ def masked_attention_forward(
         keep: ``Tensor[B, N]``, any floating dtype.
         scale: score scale, ``d ** -0.5`` when None.
         eps: smoothing term (>= 0).
-        blocks: fixed ``{"fwd": (BLOCK_M, BLOCK_N)}`` instead of autotuning (tests).
+        blocks: fixed ``{"fwd": (BLOCK_M, BLOCK_N) or triton.Config}`` instead of autotuning (tests).
 
     Returns:
         out ``Tensor[B, H, N, d]`` in q's dtype, row_max ``m_i`` and row_sum ``Z_i`` as float32
@@ -558,7 +564,7 @@ def masked_attention_forward(
 
 def masked_attention_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, keep: Tensor, out: Tensor, row_max: Tensor,
-    row_sum: Tensor, scale: float | None, eps: float, *, blocks: dict[str, tuple[int, int]] | None = None,
+    row_sum: Tensor, scale: float | None, eps: float, *, blocks: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backward of ``stpriv.masked_attention``: gradients for q, k, v and keep, deterministic.
 
@@ -566,7 +572,8 @@ def masked_attention_backward(
         grad_out, out: ``Tensor[B, H, N, d]`` like q.
         q, k, v, keep, scale, eps: the forward's inputs.
         row_max, row_sum: ``Tensor[B, H, N]``, the forward's statistics ``m_i`` and ``Z_i``.
-        blocks: fixed ``{"dkdv": (BLOCK_M, BLOCK_N), "dq": (BLOCK_M, BLOCK_N)}`` (tests).
+        blocks: fixed ``{"dkdv": ..., "dq": ...}`` tiles, each ``(BLOCK_M, BLOCK_N)`` or a
+            ``triton.Config``, instead of autotuning (tests).
 
     Returns:
         dq, dk, dv ``Tensor[B, H, N, d]`` in q's dtype and dkeep ``Tensor[B, N]`` in keep's dtype,
