@@ -1,0 +1,91 @@
+"""``stprivacy train --config run.json``: the three phases on a dataset, checkpoints and a report.
+
+The config file is JSON with two sections::
+
+    {"model": {"preset": "small", "embed_dim": 64},      # STPrivacyConfig fields; preset: small | vit_s
+     "train": {"dataset": "synthetic", "batch_size": 32, "init_epochs": 10, ...}}   # TrainConfig fields
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..model import STPrivacyConfig
+from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
+
+PRESETS = {"small": STPrivacyConfig.small, "vit_s": STPrivacyConfig.vit_s}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train STPrivacy (initialization, adversarial, evaluation)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, type=Path, help="JSON file with 'model' and 'train' sections")
+    p.add_argument("--out", type=Path, default=Path("runs/stprivacy"), help="checkpoints and report.json go here")
+    p.add_argument("--skip-evaluation", action="store_true", help="stop after the adversarial phase")
+    return p
+
+
+def model_config_from_dict(section: dict[str, Any]) -> STPrivacyConfig:
+    """``{"preset": name, **overrides}`` (or plain fields) -> STPrivacyConfig."""
+    if not isinstance(section, dict):
+        raise TypeError(f"the 'model' section must be an object, got {type(section).__name__}")
+    section = dict(section)
+    preset = section.pop("preset", None)
+    if preset is None:
+        return STPrivacyConfig.from_dict(section)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
+    base = PRESETS[preset]().to_dict()
+    unknown = sorted(set(section) - set(base))
+    if unknown:
+        raise ValueError(f"unknown STPrivacyConfig keys: {unknown}")
+    return STPrivacyConfig.from_dict({**base, **section})
+
+
+def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
+    """Read a run config file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object with 'model' and 'train' sections")
+    unknown = sorted(set(data) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"unknown sections in {path}: {unknown}; expected 'model' and 'train'")
+    return model_config_from_dict(data.get("model", {"preset": "small"})), TrainConfig.from_dict(data.get("train", {}))
+
+
+def build_datasets(model_cfg: STPrivacyConfig, cfg: TrainConfig):
+    geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
+    train_set = build_dataset(cfg.dataset, "train", geometry, **cfg.dataset_kwargs)
+    test_set = build_dataset(cfg.dataset, "test", geometry, **cfg.dataset_kwargs)
+    return train_set, test_set
+
+
+def print_results(results: dict[str, dict[str, Any]]) -> None:
+    print(f"{'alpha':>6} {'top-1 %':>8} {'F1 %':>6} {'cMAP %':>7} {'kept %':>7}")
+    for alpha, r in results.items():
+        print(f"{alpha:>6} {100 * r['top1']:8.1f} {100 * r['f1']:6.1f} {100 * r['cmap']:7.1f} {100 * r['kept']:7.1f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    model_cfg, cfg = load_run_config(args.config)
+    train_set, test_set = build_datasets(model_cfg, cfg)
+    num_classes, num_attributes = dataset_sizes(train_set)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model, history = train_anonymizer(model_cfg, cfg, train_set, num_classes=num_classes,
+                                      num_attributes=num_attributes, out_dir=args.out)
+    report: dict[str, Any] = {"config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, "history": history}
+    if not args.skip_evaluation:
+        report["evaluation"] = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
+                                                  num_attributes=num_attributes)
+        print_results(report["evaluation"])
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"checkpoints and report.json written to {args.out}")
+    return 0

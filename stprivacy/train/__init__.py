@@ -1,0 +1,25 @@
+"""The three training phases of paper §3.4, their configuration, checkpoints and data factory."""
+from .anonymizer import train_adversarial, train_initialization
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, get_lr
+from .data_factory import DATASETS, build_dataset
+from .evaluation import baseline_transform, evaluate_anonymizer, stprivacy_transform
+from .protocol import dataset_sizes, evaluate_baseline, evaluate_stprivacy, train_anonymizer
+
+__all__ = [
+    "DATASETS",
+    "TrainConfig",
+    "baseline_transform",
+    "build_dataset",
+    "dataset_sizes",
+    "evaluate_anonymizer",
+    "evaluate_baseline",
+    "evaluate_stprivacy",
+    "get_lr",
+    "load_checkpoint",
+    "save_checkpoint",
+    "stprivacy_transform",
+    "train_adversarial",
+    "train_anonymizer",
+    "train_initialization",
+]

@@ -1,0 +1,108 @@
+"""``TrainConfig``: every knob of the three training phases, and the learning-rate schedule."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """The three phases of paper §3.4 (initialization, adversarial, evaluation).
+
+    Attributes:
+        dataset: a name known to ``stprivacy.train.data_factory.build_dataset``.
+        dataset_kwargs: keyword arguments for that dataset (sizes, root directory, ...).
+        batch_size: videos per step.
+        base_lr: the learning rate at batch 512; the used peak is ``base_lr * batch_size / 512``.
+        min_lr_ratio: the cosine schedule ends at ``peak * min_lr_ratio``.
+        warmup_epochs: linear warm-up at the start of every phase (may be fractional).
+        weight_decay: AdamW decoupled weight decay, on matrices only (not on biases or norms).
+        grad_clip: max global gradient norm (0 = no clipping).
+        init_epochs, adv_epochs, eval_epochs: epochs of the three phases (paper: 80 / 40 / 80).
+        lambda_action, lambda_privacy: the weights of the adversarial objective (paper: 0.5).
+        privacy_adversary: "negative_bce" (the paper's ``- lambda_P L_privacy``) or "entropy"
+            (maximize the privacy recognizer's per-attribute entropy, bounded, a common
+            stabilization in adversarial anonymization).
+        recognizer: overrides of ``VideoClassifier.from_config`` for every recognizer (e.g.
+            ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``); empty = the anonymizer's sizes.
+        eval_keep_ratios: deployment keep ratios evaluated in the evaluation phase (paper §4.6);
+            empty = only the model's ``alpha``.
+        seed: seeds weights, batch order and Gumbel noise.
+        device: "cpu", "cuda", "cuda:1", ...
+        num_workers: DataLoader workers.
+        progress: show tqdm progress bars.
+    """
+
+    dataset: str = "synthetic"
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    base_lr: float = 1e-3
+    min_lr_ratio: float = 0.01
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    init_epochs: int = 80
+    adv_epochs: int = 40
+    eval_epochs: int = 80
+    lambda_action: float = 0.5
+    lambda_privacy: float = 0.5
+    privacy_adversary: str = "negative_bce"
+    recognizer: dict[str, Any] = field(default_factory=dict)
+    eval_keep_ratios: list[float] = field(default_factory=list)
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        for name in ("base_lr", "weight_decay", "grad_clip", "warmup_epochs", "lambda_action", "lambda_privacy"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.privacy_adversary not in ("negative_bce", "entropy"):
+            raise ValueError(f"privacy_adversary must be 'negative_bce' or 'entropy', got {self.privacy_adversary!r}")
+        if not isinstance(self.dataset_kwargs, dict) or not isinstance(self.recognizer, dict):
+            raise TypeError("dataset_kwargs and recognizer must be dicts")
+        self.eval_keep_ratios = [float(r) for r in self.eval_keep_ratios]
+        if any(not 0.0 < r <= 1.0 for r in self.eval_keep_ratios):
+            raise ValueError(f"eval_keep_ratios must be in (0, 1], got {self.eval_keep_ratios}")
+
+    @property
+    def peak_lr(self) -> float:
+        """The linear scaling rule: ``base_lr * batch_size / 512``."""
+        return self.base_lr * self.batch_size / 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them."""
+        if not isinstance(data, dict):
+            raise TypeError(f"train config must be a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+
+def get_lr(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
+    """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at
+    ``total_steps`` (and ``min_lr`` after it)."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak_lr - min_lr)

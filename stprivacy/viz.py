@@ -1,0 +1,98 @@
+"""Pictures of the demo: the paper's Figure 3 (raw / sparsified / anonymized) and the trade-off plot.
+
+matplotlib with the Agg backend: no display is needed, files are PNG.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def _check_videos(**videos: Tensor) -> tuple[int, ...]:
+    shapes = {name: tuple(v.shape) for name, v in videos.items()}
+    first = next(iter(shapes.values()))
+    if len(first) != 5 or first[1] != 3 or any(s != first for s in shapes.values()):
+        raise ValueError(f"videos must all be Tensor[B, 3, T, H, W] of one shape, got {shapes}")
+    return first
+
+
+def plot_examples(raw: Tensor, sparsified: Tensor, anonymized: Tensor, path: str | Path, *,
+                  frames: Sequence[int] | None = None, captions: Sequence[str] | None = None) -> Path:
+    """Figure-3-style grid: for each video, rows raw / sparsified / anonymized over a few frames.
+
+    Args:
+        raw, sparsified, anonymized: Tensor[B, 3, T, H, W] in [0, 1] (clamped for display).
+        path: PNG file to write.
+        frames: frame indices shown (default: first, middle, last).
+        captions: one caption per video (e.g. its labels).
+
+    Returns:
+        The path written.
+    """
+    B, _, T, _, _ = _check_videos(raw=raw, sparsified=sparsified, anonymized=anonymized)
+    frames = list(frames) if frames is not None else sorted({0, T // 2, T - 1})
+    if any(not 0 <= t < T for t in frames):
+        raise ValueError(f"frames must be in [0, {T}), got {frames}")
+    rows = [(b, kind, video) for b in range(B)
+            for kind, video in (("raw", raw), ("sparsified", sparsified), ("anonymized", anonymized))]
+    fig, axes = plt.subplots(len(rows), len(frames), figsize=(1.4 * len(frames) + 1.2, 1.4 * len(rows)),
+                             squeeze=False)
+    for r, (b, kind, video) in enumerate(rows):
+        for c, t in enumerate(frames):
+            ax = axes[r][c]
+            ax.imshow(video[b, :, t].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy(),
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"frame {t}", fontsize=8)
+            if c == 0:
+                label = kind if kind != "raw" or captions is None else f"{captions[b]}\nraw"
+                ax.set_ylabel(label, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, Mapping[str, float]],
+                  path: str | Path, *, title: str = "action vs privacy") -> Path:
+    """Action top-1 (x) against privacy cMAP (y) for STPrivacy over deployment keep ratios (a
+    line, each point labeled with its alpha) and for the baselines and ablations (points).
+    Lower-right is better: the action kept, the privacy removed.
+
+    Args:
+        curve: ``[{"alpha": a, "top1": t, "cmap": c}, ...]`` as fractions.
+        baselines: ``{name: {"top1": t, "cmap": c}}`` as fractions.
+        path: PNG file to write.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    if curve:
+        pts = sorted(curve, key=lambda p: p["alpha"])
+        ax.plot([100 * p["top1"] for p in pts], [100 * p["cmap"] for p in pts], "o-", color="tab:red",
+                label="STPrivacy (alpha)")
+        for p in pts:
+            ax.annotate(f"{p['alpha']:g}", (100 * p["top1"], 100 * p["cmap"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="tab:red")
+    markers = "sDv^<>pP*hX"
+    for i, (name, p) in enumerate(baselines.items()):
+        ax.scatter(100 * p["top1"], 100 * p["cmap"], marker=markers[i % len(markers)], s=40, label=name)
+    ax.set_xlabel("action top-1 (%)  higher is better")
+    ax.set_ylabel("privacy cMAP (%)  lower is better")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
