@@ -213,9 +213,9 @@ def _bwd_dkdv_inner(
     """Accumulates over query blocks [lo, hi) in the transposed (key-row) frame; DIAG compiles
     the diagonal mask.
 
-    The keep weight multiplies e before anything is rounded to the input dtype: e_ij / Z_i alone
-    is unbounded for a dropped key (Z_i can be far below e_ij) and would overflow fp16, while
-    w_ij e_ij / Z_i <= 1.
+    The keep weight multiplies e / Z before anything is rounded to the input dtype: e_ij / Z_i
+    alone is unbounded for a dropped key (Z_i can be far below e_ij) and would overflow fp16,
+    while w_ij e_ij / Z_i = P_ij - eps/(N Z_i) <= 1.
     """
     offs_m = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
@@ -224,26 +224,26 @@ def _bwd_dkdv_inner(
         # Padded queries load dout = 0, delta = 0, m = 0, Z = 1: they add exact zeros.
         qT = tl.load(qT_ptrs + start_m * stride_qn, mask=row_valid[None, :], other=0.0)
         do = tl.load(do_ptrs + start_m * stride_don, mask=row_valid[:, None], other=0.0)
-        m2 = tl.load(RowMax_ptr + stats_ptr + rows, mask=row_valid, other=0.0) * LOG2E
-        z_inv = 1.0 / tl.load(RowSum_ptr + stats_ptr + rows, mask=row_valid, other=1.0)
-        delta_z = tl.load(Delta_ptr + stats_ptr + rows, mask=row_valid, other=0.0) * z_inv
+        # log2 of m_i + log Z_i: one exp2 then gives e_ij / Z_i directly
+        lse2 = (tl.load(RowMax_ptr + stats_ptr + rows, mask=row_valid, other=0.0) * LOG2E
+                + tl.log2(tl.load(RowSum_ptr + stats_ptr + rows, mask=row_valid, other=1.0)))
+        delta = tl.load(Delta_ptr + stats_ptr + rows, mask=row_valid, other=0.0)
 
         sT = tl.dot(k, qT, input_precision=DOT_PRECISION)
-        eT = tl.exp2(sT * qk_scale - m2[None, :])
+        e_over_zT = tl.exp2(sT * qk_scale - lse2[None, :])  # fp32 only: unbounded for dropped keys
         if DIAG:
             on_diag = offs_n[:, None] == rows[None, :]
-            weT = eT * tl.where(on_diag, 1.0, keep[:, None])
+            pT = e_over_zT * tl.where(on_diag, 1.0, keep[:, None])
         else:
-            weT = eT * keep[:, None]
-        pT = weT * z_inv[None, :]  # P_ij without its eps/N share, added once by the caller
+            pT = e_over_zT * keep[:, None]  # P_ij without its eps/N share, added once by the caller
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        gT = dpT * z_inv[None, :] - delta_z[None, :]
+        z_gT = dpT - delta[None, :]  # Z_i g_ij
         if DIAG:
-            dkeep += tl.sum(tl.where(on_diag, 0.0, eT * gT), 1)
+            dkeep += tl.sum(tl.where(on_diag, 0.0, e_over_zT * z_gT), 1)
         else:
-            dkeep += tl.sum(eT * gT, 1)
-        dsT = weT * gT
+            dkeep += tl.sum(e_over_zT * z_gT, 1)
+        dsT = pT * z_gT
         dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PRECISION)
     return dk, dv, dkeep
 
@@ -314,7 +314,7 @@ def _masked_attention_bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_inner(
-    dq, q, do, m2, z_inv, delta_z, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale, lo, hi,
+    dq, q, do, lse2, delta, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale, lo, hi,
     stride_kn, stride_vn, stride_keepn,
     BLOCK_N: tl.constexpr, EDGE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -333,16 +333,14 @@ def _bwd_dq_inner(
             keep = tl.load(keep_ptrs + start_n * stride_keepn).to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if EDGE:
-            e = tl.exp2(tl.where(col_valid[None, :], s * qk_scale, float("-inf")) - m2[:, None])
+            # a padded key's score 0 could be far above m_i: exp would overflow and 0 * inf = NaN
+            e_over_z = tl.exp2(tl.where(col_valid[None, :], s * qk_scale, float("-inf")) - lse2[:, None])
+            p = e_over_z * tl.where(offs_m[:, None] == cols[None, :], 1.0, keep[None, :])
         else:
-            e = tl.exp2(s * qk_scale - m2[:, None])
+            p = tl.exp2(s * qk_scale - lse2[:, None]) * keep[None, :]
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        if EDGE:
-            we = e * tl.where(offs_m[:, None] == cols[None, :], 1.0, keep[None, :])
-        else:
-            we = e * keep[None, :]
-        # w e first: g alone is O(1/Z_i), unbounded, and a dropped key must give 0, not 0 * inf
-        ds = we * (dp * z_inv[:, None] - delta_z[:, None])
+        # weight first: e / Z alone is unbounded for a dropped key, P is not
+        ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
     return dq
 
@@ -373,9 +371,9 @@ def _masked_attention_bwd_dq_kernel(
     do = tl.load(DO_ptr + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
                  mask=row_valid[:, None], other=0.0)
     stats = off_bh.to(tl.int64) * N + offs_m
-    m2 = tl.load(RowMax_ptr + stats, mask=row_valid, other=0.0) * LOG2E
-    z_inv = 1.0 / tl.load(RowSum_ptr + stats, mask=row_valid, other=1.0)
-    delta_z = tl.load(Delta_ptr + stats, mask=row_valid, other=0.0) * z_inv
+    lse2 = (tl.load(RowMax_ptr + stats, mask=row_valid, other=0.0) * LOG2E
+            + tl.log2(tl.load(RowSum_ptr + stats, mask=row_valid, other=1.0)))
+    delta = tl.load(Delta_ptr + stats, mask=row_valid, other=0.0)
     k_ptrs = K_ptr + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
     v_ptrs = V_ptr + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     keep_ptrs = Keep_ptr + off_b * stride_keepb + offs_n * stride_keepn
@@ -384,14 +382,14 @@ def _masked_attention_bwd_dq_kernel(
     diag_lo = (start_m // BLOCK_N) * BLOCK_N
     diag_hi = ((start_m + BLOCK_M + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
     n_full = (N // BLOCK_N) * BLOCK_N
-    dq = _bwd_dq_inner(dq, q, do, m2, z_inv, delta_z, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
                        0, diag_lo, stride_kn, stride_vn, stride_keepn, BLOCK_N, False, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, m2, z_inv, delta_z, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
                        diag_lo, tl.minimum(diag_hi, N), stride_kn, stride_vn, stride_keepn, BLOCK_N, True,
                        DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, m2, z_inv, delta_z, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
                        diag_hi, n_full, stride_kn, stride_vn, stride_keepn, BLOCK_N, False, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, m2, z_inv, delta_z, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
                        tl.maximum(diag_hi, n_full), N, stride_kn, stride_vn, stride_keepn, BLOCK_N, True,
                        DOT_PRECISION)
     dq_ptrs = DQ_ptr + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd
@@ -422,29 +420,43 @@ CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
 _AUTOTUNE = os.environ.get("STPRIV_TRITON_AUTOTUNE", "1") != "0"
 
 
-def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drops tiles much larger than the sequence and register-heavy tiles at head dim 128."""
-    n_cap = max(16, triton.next_power_of_2(named_args["N"]))
-    head_dim = kwargs["HEAD_DIM"]
-    kept = [
-        c for c in configs
-        if c.kwargs["BLOCK_M"] <= n_cap and c.kwargs["BLOCK_N"] <= n_cap
-        and not (head_dim >= 128 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 64)
-    ]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+# Per stage: the tile dimension that sizes the float32 accumulators, and how many there are
+# (fwd: acc; dkdv: dk and dv; dq: dq).
+_ACCUMULATORS = {"fwd": ("BLOCK_M", 1), "dkdv": ("BLOCK_N", 2), "dq": ("BLOCK_M", 1)}
+# float32 values per thread for the accumulators plus one BLOCK_M x BLOCK_N score tile; beyond
+# this (of 255 registers) the kernel spills. The tutorial's tiles at head dim 64 stay below it.
+_MAX_TILE_REGISTERS = 192
 
 
-def _autotuned(kernel, configs):
+def _pruner(stage: str):
+    rows_key, count = _ACCUMULATORS[stage]
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        """Drops tiles much larger than the sequence and tiles whose accumulators would spill."""
+        n_cap = max(16, triton.next_power_of_2(named_args["N"]))
+        head_dim = kwargs["HEAD_DIM"]
+        kept = [
+            c for c in configs
+            if c.kwargs["BLOCK_M"] <= n_cap and c.kwargs["BLOCK_N"] <= n_cap
+            and count * c.kwargs[rows_key] * head_dim + c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]
+            <= _MAX_TILE_REGISTERS * 32 * c.num_warps
+        ]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+    return prune
+
+
+def _autotuned(kernel, stage: str):
     return triton.autotune(
-        configs=configs,
+        configs=CONFIGS[stage],
         key=["N", "HEAD_DIM", "DOT_PRECISION"],
-        prune_configs_by={"early_config_prune": _prune_configs},
+        prune_configs_by={"early_config_prune": _pruner(stage)},
     )(kernel)
 
 
-_fwd_tuned = _autotuned(_masked_attention_fwd_kernel, _FWD_CONFIGS)
-_dkdv_tuned = _autotuned(_masked_attention_bwd_dkdv_kernel, _DKDV_CONFIGS)
-_dq_tuned = _autotuned(_masked_attention_bwd_dq_kernel, _DQ_CONFIGS)
+_fwd_tuned = _autotuned(_masked_attention_fwd_kernel, "fwd")
+_dkdv_tuned = _autotuned(_masked_attention_bwd_dkdv_kernel, "dkdv")
+_dq_tuned = _autotuned(_masked_attention_bwd_dq_kernel, "dq")
 
 
 _PREPROCESS_BLOCK = INTERPRETER_BLOCKS["preprocess"] if _INTERPRET else 64
@@ -461,7 +473,7 @@ def _launch(kernel, tuned, stage: str, length: int, tile: str, batch_heads: int,
     if fixed is None and _INTERPRET:
         fixed = INTERPRETER_BLOCKS[stage]
     if fixed is None and not _AUTOTUNE:
-        fixed = _prune_configs(CONFIGS[stage], {"N": length}, **kwargs)[0]
+        fixed = _pruner(stage)(CONFIGS[stage], {"N": length}, **kwargs)[0]
     if fixed is None:
         tuned[lambda meta: (triton.cdiv(length, meta[tile]), batch_heads)](*args, **kwargs)
         return
