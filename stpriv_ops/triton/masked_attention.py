@@ -54,6 +54,12 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "preprocess": 32}
 
 
+@triton.jit
+def _row_ptrs(X_ptr, off_b, off_h, rows, offs_d, stride_b, stride_h, stride_n, stride_d):
+    """Pointers to ``X[off_b, off_h, rows, :]`` of a ``[B, H, N, d]`` tensor: a [rows, d] tile."""
+    return X_ptr + off_b * stride_b + off_h * stride_h + rows[:, None] * stride_n + offs_d[None, :] * stride_d
+
+
 # ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
@@ -125,10 +131,10 @@ def _masked_attention_fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = offs_m < N
 
-    q_base = Q_ptr + off_b * stride_qb + off_h * stride_qh
-    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=row_valid[:, None], other=0.0)
-    k_ptrs = K_ptr + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = V_ptr + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    q_ptrs = _row_ptrs(Q_ptr, off_b, off_h, offs_m, offs_d, stride_qb, stride_qh, stride_qn, stride_qd)
+    q = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
+    k_ptrs = _row_ptrs(K_ptr, off_b, off_h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
+    v_ptrs = _row_ptrs(V_ptr, off_b, off_h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
     keep_ptrs = Keep_ptr + off_b * stride_keepb + offs_n * stride_keepn
 
     # m_i starts finite: a step in which every key of a row is dropped (t = -inf) then leaves it
@@ -165,7 +171,7 @@ def _masked_attention_fwd_kernel(
         v_sum = tl.load(VSum_ptr + off_bh.to(tl.int64) * HEAD_DIM + offs_d)
         acc += eps_over_n * v_sum[None, :]
     out = acc / tl.where(row_valid, z_total, 1.0)[:, None]  # padded rows may have Z = 0 when eps = 0
-    out_ptrs = Out_ptr + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
+    out_ptrs = _row_ptrs(Out_ptr, off_b, off_h, offs_m, offs_d, stride_ob, stride_oh, stride_on, stride_od)
     tl.store(out_ptrs, out.to(Out_ptr.dtype.element_ty), mask=row_valid[:, None])
     stats = off_bh.to(tl.int64) * N + offs_m
     tl.store(RowMax_ptr + stats, mx_i * LN2, mask=row_valid)  # back from log2 units
@@ -190,9 +196,9 @@ def _masked_attention_bwd_preprocess_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = offs_m < N
-    o = tl.load(Out_ptr + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+    o = tl.load(_row_ptrs(Out_ptr, off_b, off_h, offs_m, offs_d, stride_ob, stride_oh, stride_on, stride_od),
                 mask=row_valid[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO_ptr + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+    do = tl.load(_row_ptrs(DO_ptr, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_don, stride_dod),
                  mask=row_valid[:, None], other=0.0).to(tl.float32)
     stats = off_bh.to(tl.int64) * N + offs_m
     tl.store(Delta_ptr + stats, tl.sum(o * do, 1), mask=row_valid)
@@ -273,13 +279,13 @@ def _masked_attention_bwd_dkdv_kernel(
     key_valid = offs_n < N
 
     # Padded key rows compute garbage (inf or NaN too) that stays in their own rows, never stored.
-    k = tl.load(K_ptr + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+    k = tl.load(_row_ptrs(K_ptr, off_b, off_h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd),
                 mask=key_valid[:, None], other=0.0)
-    v = tl.load(V_ptr + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+    v = tl.load(_row_ptrs(V_ptr, off_b, off_h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd),
                 mask=key_valid[:, None], other=0.0)
     keep = tl.load(Keep_ptr + off_b * stride_keepb + offs_n * stride_keepn, mask=key_valid, other=0.0).to(tl.float32)
     qT_ptrs = Q_ptr + off_b * stride_qb + off_h * stride_qh + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd
-    do_ptrs = DO_ptr + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod
+    do_ptrs = _row_ptrs(DO_ptr, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_don, stride_dod)
     stats_ptr = off_bh.to(tl.int64) * N
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -305,8 +311,8 @@ def _masked_attention_bwd_dkdv_kernel(
             dout_over_z += tl.load(dozsum_ptr + blk * HEAD_DIM)
         dv += eps_over_n * dout_over_z[None, :]
 
-    dk_ptrs = DK_ptr + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
-    dv_ptrs = DV_ptr + off_b * stride_dvb + off_h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd
+    dk_ptrs = _row_ptrs(DK_ptr, off_b, off_h, offs_n, offs_d, stride_dkb, stride_dkh, stride_dkn, stride_dkd)
+    dv_ptrs = _row_ptrs(DV_ptr, off_b, off_h, offs_n, offs_d, stride_dvb, stride_dvh, stride_dvn, stride_dvd)
     tl.store(dk_ptrs, (dk * scale).to(DK_ptr.dtype.element_ty), mask=key_valid[:, None])
     tl.store(dv_ptrs, dv.to(DV_ptr.dtype.element_ty), mask=key_valid[:, None])
     tl.store(DKeepPart_ptr + stats_ptr + offs_n, dkeep, mask=key_valid)
@@ -366,16 +372,16 @@ def _masked_attention_bwd_dq_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = offs_m < N
 
-    q = tl.load(Q_ptr + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+    q = tl.load(_row_ptrs(Q_ptr, off_b, off_h, offs_m, offs_d, stride_qb, stride_qh, stride_qn, stride_qd),
                 mask=row_valid[:, None], other=0.0)
-    do = tl.load(DO_ptr + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+    do = tl.load(_row_ptrs(DO_ptr, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_don, stride_dod),
                  mask=row_valid[:, None], other=0.0)
     stats = off_bh.to(tl.int64) * N + offs_m
     lse2 = (tl.load(RowMax_ptr + stats, mask=row_valid, other=0.0) * LOG2E
             + tl.log2(tl.load(RowSum_ptr + stats, mask=row_valid, other=1.0)))
     delta = tl.load(Delta_ptr + stats, mask=row_valid, other=0.0)
-    k_ptrs = K_ptr + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = V_ptr + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    k_ptrs = _row_ptrs(K_ptr, off_b, off_h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
+    v_ptrs = _row_ptrs(V_ptr, off_b, off_h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
     keep_ptrs = Keep_ptr + off_b * stride_keepb + offs_n * stride_keepn
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -392,7 +398,7 @@ def _masked_attention_bwd_dq_kernel(
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, keep_ptrs, offs_m, N, qk_scale,
                        tl.maximum(diag_hi, n_full), N, stride_kn, stride_vn, stride_keepn, BLOCK_N, True,
                        DOT_PRECISION)
-    dq_ptrs = DQ_ptr + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd
+    dq_ptrs = _row_ptrs(DQ_ptr, off_b, off_h, offs_m, offs_d, stride_dqb, stride_dqh, stride_dqn, stride_dqd)
     tl.store(dq_ptrs, (dq * scale).to(DQ_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 
