@@ -101,6 +101,8 @@ def gaussian_blur(video: Tensor, sigma: float) -> Tensor:
 
 
 BASELINE_NAMES = ("raw", "downsample_2x", "downsample_4x", "blur_weak", "blur_strong")
+# Baselines that need real footage (a face detector finds nothing in the synthetic benchmark).
+DETECTOR_BASELINES = ("blacken_faces",)
 
 
 def make_baseline(name: str, image_size: int) -> Transform:
@@ -118,4 +120,8 @@ def make_baseline(name: str, image_size: int) -> Transform:
     if name in ("blur_weak", "blur_strong"):
         sigma = image_size / (32 if name == "blur_weak" else 16)
         return lambda video: gaussian_blur(video, sigma)
-    raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINE_NAMES}")
+    if name == "blacken_faces":
+        from .blackening import FaceBlackener  # OpenCV's bundled Haar face detector
+
+        return FaceBlackener()
+    raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINE_NAMES + DETECTOR_BASELINES}")

@@ -10,9 +10,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .commands import demo, evaluate, train
+from .commands import anonymize, demo, evaluate, train
 
-COMMANDS = [demo, train, evaluate]
+COMMANDS = [demo, train, evaluate, anonymize]
 
 
 def build_parser() -> argparse.ArgumentParser:

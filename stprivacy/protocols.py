@@ -273,3 +273,41 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     for alpha, r in results.items():
         lines.append(f"{alpha:>6} " + " ".join(f"{100 * r[k]:12.1f}" for k in keys) + f" {r['skipped']:>8}")
     return "\n".join(lines)
+
+
+def evaluate_baseline_with_protocol(name: str, model_cfg: STPrivacyConfig, cfg: TrainConfig, args: argparse.Namespace,
+                                    train_set: Dataset, test_set: Dataset) -> dict[str, Any]:
+    """One of ``stprivacy.baselines.BASELINE_NAMES`` through ``args.protocol`` (same datasets as
+    :func:`evaluate_with_protocol`, so the baseline rows sit next to STPrivacy's)."""
+    from .baselines import make_baseline
+    from .train.data_factory import build_dataset
+    from .train.evaluation import baseline_transform
+
+    evaluated_on = cfg.dataset
+    if args.eval_dataset is not None:
+        evaluated_on = args.eval_dataset
+        geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
+        train_set = build_dataset(evaluated_on, "train", geometry, **(args.eval_dataset_kwargs or {}))
+        test_set = build_dataset(evaluated_on, "test", geometry, **(args.eval_dataset_kwargs or {}))
+    torch.manual_seed(cfg.seed + 1)
+    result = run_protocol(args.protocol, baseline_transform(make_baseline(name, model_cfg.image_size)), train_set,
+                          test_set, model_cfg, cfg, num_classes=int(train_set.num_classes),
+                          num_attributes=int(train_set.num_attributes), name=name)
+    return cross_dataset_tag(result, trained_on=cfg.dataset, evaluated_on=evaluated_on)
+
+
+def run_evaluate_command(args: argparse.Namespace, model: STPrivacy, cfg: TrainConfig, train_set: Dataset | None,
+                         test_set: Dataset | None, title: str) -> int:
+    """``stprivacy evaluate`` through this module: STPrivacy at each keep ratio, then ``--baselines``;
+    prints the tables and writes ``OUT/evaluation.json`` when ``--out`` is given."""
+    results = evaluate_with_protocol(model, cfg, args, train_set, test_set, keep_ratios=args.keep_ratios)
+    print(title)
+    print(format_results(results))
+    baselines = {}
+    for name in args.baselines:
+        baselines[name] = evaluate_baseline_with_protocol(name, model.cfg, cfg, args, train_set, test_set)
+        print(f"baseline {name}:\n{format_results({'-': baselines[name]})}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "evaluation.json").write_text(json.dumps({"stprivacy": results, "baselines": baselines}, indent=2))
+    return 0

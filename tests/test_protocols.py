@@ -2,6 +2,7 @@
 HMDB51/UCF101-named videos the tests write (5 x 3 test views, one truncated training file)."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -79,3 +80,44 @@ def test_cross_dataset_anonymizer_trained_on_one_benchmark_evaluated_on_the_othe
     assert tagged["cross_dataset"] and tagged["trained_on"] == "hmdb51" and tagged["skipped"] == 0
     with pytest.raises(ValueError, match="protocol"):
         run_protocol("pixel", transform, train, test, MODEL_CFG, TRAIN_CFG, num_classes=101, num_attributes=5)
+
+
+def test_cli_train_on_hmdb51_then_frame_level_cross_dataset_evaluate(tmp_path, hmdb, capsys):
+    """`stprivacy train` on HMDB51-format videos (with a truncated one), then `stprivacy evaluate`
+    of its checkpoint on UCF101-format videos with the frame-level protocol and face blackening."""
+    from stprivacy.cli import main
+
+    train, _ = hmdb
+    hmdb_root = train.records[0].path.parents[1]
+    clip_options = {"train_short_side": 36, "num_clips": 2, "num_crops": 1}
+    run = {"model": {"preset": "small"},
+           "train": {"dataset": "hmdb51", "batch_size": 2, "init_epochs": 1, "adv_epochs": 1, "eval_epochs": 1,
+                     "progress": False, "recognizer": TRAIN_CFG.recognizer,
+                     "dataset_kwargs": {"video_root": str(hmdb_root), "split_dir": str(hmdb_root.parent / "splits"),
+                                        **clip_options}}}
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(run))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    result = report["evaluation"]["0.7"]
+    assert result["trained_on"] == result["evaluated_on"] == "hmdb51" and result["skipped"] >= 1
+
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    classes = load_privacy_labels("ucf101").classes
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+    names = real_names("ucf101", num_classes=1, per_class=3)
+    (action, stems), = names.items()
+    (lists / "trainlist01.txt").write_text("".join(f"{action}/{s}.avi 1\n" for s in stems[:2]))
+    (lists / "testlist01.txt").write_text(f"{action}/{stems[2]}.avi\n")
+    for stem in stems:
+        write_test_video(tmp_path / "UCF-101" / action / f"{stem}.avi", num_frames=40)
+    ucf = {"video_root": str(tmp_path / "UCF-101"), "split_dir": str(lists), **clip_options}
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "adversarial.pt"), "--protocol", "frame",
+                 "--eval-dataset", "ucf101", "--eval-dataset-kwargs", json.dumps(ucf), "--keep-ratios", "0.5",
+                 "--baselines", "blacken_faces", "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "hmdb51 -> ucf101 (cross-dataset)" in out
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert set(evaluation["stprivacy"]) == {"0.5"} and "frame_cmap" in evaluation["stprivacy"]["0.5"]
+    assert evaluation["baselines"]["blacken_faces"]["evaluated_on"] == "ucf101"

@@ -11,8 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..baselines import BASELINE_NAMES
+from ..baselines import BASELINE_NAMES, DETECTOR_BASELINES
 from ..model import STPrivacy, STPrivacyConfig
+from ..protocols import add_protocol_arguments, run_evaluate_command, uses_protocols
 from ..train import TrainConfig, dataset_sizes, evaluate_baseline, evaluate_stprivacy, load_checkpoint
 from .train import build_datasets, load_run_config, print_results
 
@@ -24,9 +25,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="JSON run config whose 'train' section replaces the checkpoint's")
     p.add_argument("--keep-ratios", type=float, nargs="+", metavar="ALPHA",
                    help="deployment keep ratios (default: the config's eval_keep_ratios or the model's alpha)")
-    p.add_argument("--baselines", nargs="*", default=[], choices=BASELINE_NAMES, metavar="NAME",
-                   help=f"also evaluate these baselines: {', '.join(BASELINE_NAMES)}")
+    p.add_argument("--baselines", nargs="*", default=[], choices=BASELINE_NAMES + DETECTOR_BASELINES,
+                   metavar="NAME", help=f"also evaluate these baselines: {', '.join(BASELINE_NAMES + DETECTOR_BASELINES)}")
     p.add_argument("--out", type=Path, help="write the results to OUT/evaluation.json")
+    add_protocol_arguments(p)  # --protocol video|frame, --eval-dataset (cross-dataset)
     return p
 
 
@@ -38,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)[1] if args.config else TrainConfig.from_dict(checkpoint["config"]["train"])
     model = STPrivacy(model_cfg)
     model.load_state_dict(checkpoint["model"])
-    train_set, test_set = build_datasets(model_cfg, cfg)
+    # A cross-dataset evaluation needs only the target benchmark's videos, not the training one's.
+    train_set, test_set = (None, None) if args.eval_dataset else build_datasets(model_cfg, cfg)
+    if uses_protocols(args, train_set):  # real videos, frame-level or cross-dataset: stprivacy.protocols
+        title = f"STPrivacy ({checkpoint['phase']} checkpoint, epoch {checkpoint['epoch']}):"
+        return run_evaluate_command(args, model, cfg, train_set, test_set, title)
     num_classes, num_attributes = dataset_sizes(train_set)
     results = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
                                  num_attributes=num_attributes, keep_ratios=args.keep_ratios)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import STPrivacyConfig
+from ..protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
 
 PRESETS = {"small": STPrivacyConfig.small, "vit_s": STPrivacyConfig.vit_s}
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, type=Path, help="JSON file with 'model' and 'train' sections")
     p.add_argument("--out", type=Path, default=Path("runs/stprivacy"), help="checkpoints and report.json go here")
+    add_protocol_arguments(p)  # --protocol video|frame, --eval-dataset (cross-dataset)
     p.add_argument("--skip-evaluation", action="store_true", help="stop after the adversarial phase")
     return p
 
@@ -83,9 +85,13 @@ def run(args: argparse.Namespace) -> int:
                                       num_attributes=num_attributes, out_dir=args.out)
     report: dict[str, Any] = {"config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, "history": history}
     if not args.skip_evaluation:
-        report["evaluation"] = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
-                                                  num_attributes=num_attributes)
-        print_results(report["evaluation"])
+        if uses_protocols(args, train_set):  # real videos, frame-level or cross-dataset: stprivacy.protocols
+            report["evaluation"] = evaluate_with_protocol(model, cfg, args, train_set, test_set)
+            print(format_results(report["evaluation"]))
+        else:
+            report["evaluation"] = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
+                                                      num_attributes=num_attributes)
+            print_results(report["evaluation"])
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"checkpoints and report.json written to {args.out}")
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .clips import average_views, eval_clip_indices, train_clip_indices
 from .privacy_labels import PrivacyLabelTable
@@ -205,3 +205,11 @@ def forward_views(fn: Callable[[Tensor], Tensor], video: Tensor) -> Tensor:
         raise ValueError(f"video must be [B, 3, T, S, S] or [B, V, 3, T, S, S], got shape {tuple(video.shape)}")
     batch, views = video.shape[:2]
     return average_views(fn(video.flatten(0, 1)), num_views=views)
+
+
+class SkippingDataLoader(DataLoader):
+    """A DataLoader that leaves out the batches in which every video was skipped (``collate_videos``
+    returned None), so a training loop never sees an empty batch."""
+
+    def __iter__(self):
+        return (batch for batch in super().__iter__() if batch is not None)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.video_dataset import SkippingDataLoader
 from ..model import STPrivacyConfig, VideoClassifier
 from .config import TrainConfig
 
@@ -40,8 +41,10 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, *, shuffle: bool, seed_offse
     """A loader whose batch order depends on ``cfg.seed`` only; training drops the last partial batch."""
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + seed_offset)
     batch_size = min(cfg.batch_size, len(dataset)) if shuffle else cfg.batch_size
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
-                      num_workers=cfg.num_workers)
+    # Real video datasets collate with collate_fn, which drops unreadable videos; the loader then
+    # leaves out a batch in which every video was unreadable.
+    return SkippingDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
+                              num_workers=cfg.num_workers, collate_fn=getattr(dataset, "collate_fn", None))
 
 
 def make_recognizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, num_outputs: int, *, multilabel: bool) -> VideoClassifier:

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..data.real_datasets import REAL_DATASETS
 from ..data.synthetic import SyntheticVideos
 
 
@@ -29,6 +30,7 @@ def _synthetic(split: str, geometry: dict[str, Any], *, train_videos: int = 1024
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "synthetic": _synthetic,
+    **REAL_DATASETS,  # hmdb51, ucf101, pa_hmdb51, folder_csv: see stprivacy.data.real_datasets
 }
 
 
