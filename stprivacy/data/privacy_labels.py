@@ -8,15 +8,16 @@ per video: ``<class folder>/<video name>.mp4`` and five 0/1 attributes. The vide
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import PurePosixPath
 
 import torch
 from torch import Tensor
 
 PRIVACY_ATTRIBUTES = ("skin_color", "face", "gender", "nudity", "relationship")
+_BINARY = frozenset(("0", "1"))
 LABEL_FILES = {"hmdb51": "hmdb51_privacy_labels.csv", "ucf101": "ucf101_privacy_labels.csv"}
 
 
@@ -66,23 +67,28 @@ def parse_label_csv(text: str, source: str = "<labels>") -> PrivacyLabelTable:
             continue
         if len(row) != len(attributes) + 1:
             raise ValueError(f"{source}:{line_no}: expected {len(attributes) + 1} fields, got {row}")
-        path = PurePosixPath(row[0])
-        if len(path.parts) != 2:
+        parts = row[0].split("/")
+        if len(parts) != 2 or not all(parts):
             raise ValueError(f"{source}:{line_no}: expected '<class>/<video>', got {row[0]!r}")
-        if path.stem in seen:
-            raise ValueError(f"{source}:{line_no}: video {path.stem!r} is listed twice")
-        if any(v not in ("0", "1") for v in row[1:]):
+        stem = parts[1].rsplit(".", 1)[0]
+        if stem in seen:
+            raise ValueError(f"{source}:{line_no}: video {stem!r} is listed twice")
+        if not _BINARY.issuperset(row[1:]):
             raise ValueError(f"{source}:{line_no}: attribute values must be 0 or 1, got {row[1:]}")
-        seen.add(path.stem)
-        stems.append(path.stem)
-        actions.append(path.parts[0])
-        values.append([float(v) for v in row[1:]])
+        seen.add(stem)
+        stems.append(stem)
+        actions.append(parts[0])
+        values.append([v == "1" for v in row[1:]])
     labels = torch.tensor(values, dtype=torch.float32).reshape(len(values), len(attributes))
     return PrivacyLabelTable(tuple(stems), tuple(actions), labels, attributes)
 
 
+@functools.lru_cache(maxsize=None)
 def load_privacy_labels(dataset: str) -> PrivacyLabelTable:
-    """Loads the shipped labels of ``"hmdb51"`` (6,766 videos) or ``"ucf101"`` (13,320 videos)."""
+    """Loads the shipped labels of ``"hmdb51"`` (6,766 videos) or ``"ucf101"`` (13,320 videos).
+
+    Parsed once per process and shared: treat the returned table as read-only.
+    """
     if dataset not in LABEL_FILES:
         raise ValueError(f"dataset must be one of {sorted(LABEL_FILES)}, got {dataset!r}")
     resource = resources.files("stprivacy.data").joinpath("labels", LABEL_FILES[dataset])
