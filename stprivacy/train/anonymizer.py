@@ -7,14 +7,16 @@ Phase 2, adversarial: the anonymizer minimizes ``L_spars + lambda_A L_action - l
 L_privacy`` against an action and a privacy recognizer, which in turn minimize their own losses
 on the (detached) anonymized videos; one update of each side per batch.
 
-Both loops are written flat, top to bottom, like nanoGPT's: set the learning rate, forward,
-losses, backward, step; a checkpoint at the end of every epoch.
+Both loops are written flat, top to bottom, like nanoGPT's: set the learning rate, forward and
+backward per micro-batch, average the losses over ranks (and stop on NaN/inf), step, log, and
+checkpoint every ``cfg.checkpoint_every`` steps and at the end of every epoch. Under torchrun
+the modules are DDP-wrapped and every rank trains on its share of each global batch (see
+``stprivacy.train.distributed``); a run resumed from a checkpoint continues exactly.
 """
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +26,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..model import STPrivacy
-from .checkpoint import rng_state, save_checkpoint
-from .common import clip_and_step, make_loader, make_optimizer, privacy_adversary_loss, set_lr, to_device
+from .common import clip_and_step, make_optimizer, privacy_adversary_loss, set_lr, to_device
 from .config import TrainConfig, get_lr
+from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
+                          sync_gradients)
+from .loop import PHASE_IDS, Progress, SaveFn, StepValues, autocast, prepare
+from .run_log import RunLogger
 
 
 def _spars(out) -> torch.Tensor:
@@ -41,21 +46,14 @@ def _schedule(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> tuple[int,
     return total, round(cfg.warmup_epochs * steps_per_epoch), cfg.peak_lr * cfg.min_lr_ratio
 
 
-def _checkpoint(path, phase, epoch, step, total, cfg, model, recognizers, optimizers, history) -> None:
-    save_checkpoint(path, {
-        "phase": phase, "epoch": epoch, "step": step,
-        "model": model.state_dict(),
-        "recognizers": {name: r.state_dict() for name, r in recognizers.items()},
-        "optimizer": {name: o.state_dict() for name, o in optimizers.items()},
-        "scheduler": {"step": step, "total_steps": total, "peak_lr": cfg.peak_lr},
-        "config": {"model": model.cfg.to_dict(), "train": cfg.to_dict()},
-        "history": dict(history),
-        "rng": rng_state(),
-    })
+def _batches(train_set: Dataset, cfg: TrainConfig, phase: str) -> ResumableBatches:
+    return ResumableBatches(len(train_set), min(cfg.batch_size, len(train_set)), cfg.grad_accum_steps,
+                            seed=cfg.seed * 7919 + PHASE_IDS[phase])
 
 
 def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dataset, cfg: TrainConfig, *,
-                         checkpoint_path: str | Path | None = None) -> dict[str, list[float]]:
+                         save: SaveFn | None = None, resume: dict[str, Any] | None = None,
+                         logger: RunLogger | None = None) -> dict[str, list[float]]:
     """Phase 1: ``L_spars + L'_action`` for ``cfg.init_epochs`` epochs.
 
     Args:
@@ -63,47 +61,59 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
         action_rec: the jointly trained action recognizer ``f'_T``, trained in place.
         train_set: yields ``(video, action, privacy)``.
         cfg: the training configuration.
-        checkpoint_path: where to write the phase's checkpoint after every epoch (None: nowhere).
+        save: writes a checkpoint of the run (None: no checkpoints).
+        resume: a checkpoint to continue from (its module weights already loaded by the
+            caller); ignored unless its phase is "initialization".
+        logger: per-step scalar log.
 
     Returns:
-        Per-epoch means: ``{"loss_spars": [...], "loss_action": [...], "keep": [...]}``.
+        Per-epoch means: ``{"loss_spars": [...], "loss_action": [...], "keep": [...], "seconds": [...]}``.
     """
-    device = torch.device(cfg.device)
-    model.to(device).train()
-    action_rec.to(device).train()
-    loader = make_loader(train_set, cfg, shuffle=True, seed_offset=1)
+    phase, accum = "initialization", cfg.grad_accum_steps
+    device = resolve_device(cfg.device)
+    net, rec = prepare(model, device, cfg), prepare(action_rec, device, cfg)
+    batches = _batches(train_set, cfg, phase)
     optimizer = make_optimizer([model, action_rec], cfg)
-    total, warmup, min_lr = _schedule(cfg, cfg.init_epochs, len(loader))
-    history, step = defaultdict(list), 0
-    for epoch in range(cfg.init_epochs):
-        sums, t0 = defaultdict(float), time.perf_counter()
-        bar = tqdm(loader, desc=f"init {epoch + 1}/{cfg.init_epochs}", leave=False, disable=not cfg.progress)
+    optimizers = {"anonymizer": optimizer}
+    progress = Progress.resume(phase, resume, optimizers)
+    total, warmup, min_lr = _schedule(cfg, cfg.init_epochs, len(batches))
+    while progress.epoch < cfg.init_epochs:
+        t0 = time.perf_counter()
+        loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
+        bar = tqdm(loader, desc=f"init {progress.epoch + 1}/{cfg.init_epochs}", initial=progress.batch,
+                   total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
         for batch in bar:
-            video, action, _ = to_device(batch, device)
-            set_lr(optimizer, get_lr(step, total, cfg.peak_lr, warmup, min_lr))
-            out = model(video)
-            loss_spars = _spars(out)
-            loss_action = F.cross_entropy(action_rec(out.video, out.keep), action)
-            loss = loss_spars + loss_action
+            set_lr(optimizer, get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_values = StepValues(accum)
+            for a, micro in micro_batches(batch, accum, [net, rec]):
+                video, action, _ = to_device(micro, device)
+                with autocast(cfg, device):
+                    out = net(video, generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
+                    loss_spars = _spars(out)
+                    loss_action = F.cross_entropy(rec(out.video, out.keep), action)
+                ((loss_spars + loss_action) / accum).backward()
+                step_values.add(loss_spars=loss_spars, loss_action=loss_action, keep=out.keep.mean())
+            values = step_values.reduce(progress)  # raises on NaN/inf before the update
             clip_and_step(optimizer, cfg)
-            step += 1
-            sums["loss_spars"] += loss_spars.item()
-            sums["loss_action"] += loss_action.item()
-            sums["keep"] += out.keep.mean().item()
-            bar.set_postfix(action=f"{loss_action.item():.3f}", spars=f"{loss_spars.item():.4f}")
-        for key, value in sums.items():
-            history[key].append(value / len(loader))
-        history["seconds"].append(time.perf_counter() - t0)
-        if checkpoint_path is not None:
-            _checkpoint(checkpoint_path, "initialization", epoch + 1, step, total, cfg, model,
-                        {"action": action_rec}, {"anonymizer": optimizer}, history)
-    return dict(history)
+            progress.end_step(values)
+            bar.set_postfix(action=f"{values['loss_action']:.3f}", spars=f"{values['loss_spars']:.4f}")
+            if logger is not None:
+                logger.log(phase, progress.epoch + 1, progress.step, values)
+            if save is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
+                    and progress.batch < len(batches):
+                progress.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save(progress, optimizers)
+        progress.end_epoch(time.perf_counter() - t0)
+        if save is not None:
+            save(progress, optimizers)
+    return progress.history
 
 
 def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.Module, train_set: Dataset,
-                      cfg: TrainConfig, *, checkpoint_path: str | Path | None = None) -> dict[str, list[float]]:
+                      cfg: TrainConfig, *, save: SaveFn | None = None, resume: dict[str, Any] | None = None,
+                      logger: RunLogger | None = None) -> dict[str, list[float]]:
     """Phase 2: alternate anonymizer and recognizer updates for ``cfg.adv_epochs`` epochs.
 
     Args:
@@ -112,59 +122,73 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
         privacy_rec: the privacy recognizer ``f_B`` (multi-label), trained in place.
         train_set: yields ``(video, action, privacy)``.
         cfg: the training configuration.
-        checkpoint_path: where to write the phase's checkpoint after every epoch (None: nowhere).
+        save, resume, logger: as for :func:`train_initialization` (phase "adversarial").
 
     Returns:
-        Per-epoch means of the anonymizer's and the recognizers' losses and the keep ratio.
+        Per-epoch means of the anonymizer's and the recognizers' losses, the keep ratio and seconds.
     """
-    device = torch.device(cfg.device)
-    for module in (model, action_rec, privacy_rec):
-        module.to(device).train()
-    loader = make_loader(train_set, cfg, shuffle=True, seed_offset=2)
+    phase, accum = "adversarial", cfg.grad_accum_steps
+    device = resolve_device(cfg.device)
+    net = prepare(model, device, cfg)
+    rec_action, rec_privacy = prepare(action_rec, device, cfg), prepare(privacy_rec, device, cfg)
+    batches = _batches(train_set, cfg, phase)
     opt_anonymizer = make_optimizer([model], cfg)
     opt_recognizers = make_optimizer([action_rec, privacy_rec], cfg)
-    total, warmup, min_lr = _schedule(cfg, cfg.adv_epochs, len(loader))
-    history, step = defaultdict(list), 0
-    for epoch in range(cfg.adv_epochs):
-        sums, t0 = defaultdict(float), time.perf_counter()
-        bar = tqdm(loader, desc=f"adversarial {epoch + 1}/{cfg.adv_epochs}", leave=False, disable=not cfg.progress)
+    optimizers = {"anonymizer": opt_anonymizer, "recognizers": opt_recognizers}
+    progress = Progress.resume(phase, resume, optimizers)
+    total, warmup, min_lr = _schedule(cfg, cfg.adv_epochs, len(batches))
+    while progress.epoch < cfg.adv_epochs:
+        t0 = time.perf_counter()
+        loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
+        bar = tqdm(loader, desc=f"adversarial {progress.epoch + 1}/{cfg.adv_epochs}", initial=progress.batch,
+                   total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
         for batch in bar:
-            video, action, privacy = to_device(batch, device)
-            lr = get_lr(step, total, cfg.peak_lr, warmup, min_lr)
+            lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
             set_lr(opt_anonymizer, lr)
             set_lr(opt_recognizers, lr)
+            step_values = StepValues(accum)
 
-            # The anonymizer's step: keep the action, defeat the privacy recognizer.
-            out = model(video)
-            loss_spars = _spars(out)
-            loss_action = F.cross_entropy(action_rec(out.video, out.keep), action)
-            privacy_logits = privacy_rec(out.video, out.keep)
-            loss_adversary = privacy_adversary_loss(privacy_logits, privacy, cfg.privacy_adversary)
-            loss = loss_spars + cfg.lambda_action * loss_action + cfg.lambda_privacy * loss_adversary
+            # The anonymizer's step: keep the action, defeat the privacy recognizer. The recognizers
+            # run unwrapped here: their gradients from this loss are discarded, not all-reduced.
             opt_anonymizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_and_step(opt_anonymizer, cfg)
+            anonymized = []
+            for a, micro in micro_batches(batch, accum, [net]):
+                video, action, privacy = to_device(micro, device)
+                with autocast(cfg, device):
+                    out = net(video, generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
+                    loss_spars = _spars(out)
+                    loss_action = F.cross_entropy(action_rec(out.video, out.keep), action)
+                    loss_adversary = privacy_adversary_loss(privacy_rec(out.video, out.keep), privacy,
+                                                            cfg.privacy_adversary)
+                    loss = loss_spars + cfg.lambda_action * loss_action + cfg.lambda_privacy * loss_adversary
+                (loss / accum).backward()
+                anonymized.append((out.video.detach(), out.keep.detach(), action, privacy))
+                step_values.add(loss_spars=loss_spars, loss_anonymizer=loss, keep=out.keep.mean())
 
-            # The recognizers' step, on the same anonymized clips with the anonymizer held fixed.
-            anonymized, keep = out.video.detach(), out.keep.detach()
-            rec_action = F.cross_entropy(action_rec(anonymized, keep), action)
-            rec_privacy = F.binary_cross_entropy_with_logits(privacy_rec(anonymized, keep), privacy)
+            # The recognizers' step, on the same anonymized clips with the anonymizer held fixed
+            # (it has not stepped yet, which changes nothing: their inputs are detached).
             opt_recognizers.zero_grad(set_to_none=True)  # also clears what the anonymizer's step left
-            (rec_action + rec_privacy).backward()
-            clip_and_step(opt_recognizers, cfg)
-            step += 1
+            for a, (video, keep, action, privacy) in enumerate(anonymized):
+                with sync_gradients(a == accum - 1, [rec_action, rec_privacy]):
+                    with autocast(cfg, device):
+                        loss_rec_action = F.cross_entropy(rec_action(video, keep), action)
+                        loss_rec_privacy = F.binary_cross_entropy_with_logits(rec_privacy(video, keep), privacy)
+                    ((loss_rec_action + loss_rec_privacy) / accum).backward()
+                step_values.add(loss_action=loss_rec_action, loss_privacy=loss_rec_privacy)
 
-            sums["loss_spars"] += loss_spars.item()
-            sums["loss_action"] += rec_action.item()
-            sums["loss_privacy"] += rec_privacy.item()
-            sums["loss_anonymizer"] += loss.item()
-            sums["keep"] += out.keep.mean().item()
-            bar.set_postfix(action=f"{rec_action.item():.3f}", privacy=f"{rec_privacy.item():.3f}")
-        for key, value in sums.items():
-            history[key].append(value / len(loader))
-        history["seconds"].append(time.perf_counter() - t0)
-        if checkpoint_path is not None:
-            _checkpoint(checkpoint_path, "adversarial", epoch + 1, step, total, cfg, model,
-                        {"action": action_rec, "privacy": privacy_rec},
-                        {"anonymizer": opt_anonymizer, "recognizers": opt_recognizers}, history)
-    return dict(history)
+            values = step_values.reduce(progress)  # raises on NaN/inf before either update
+            clip_and_step(opt_anonymizer, cfg)
+            clip_and_step(opt_recognizers, cfg)
+            progress.end_step(values)
+            bar.set_postfix(action=f"{values['loss_action']:.3f}", privacy=f"{values['loss_privacy']:.3f}")
+            if logger is not None:
+                logger.log(phase, progress.epoch + 1, progress.step, values)
+            if save is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
+                    and progress.batch < len(batches):
+                progress.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save(progress, optimizers)
+        progress.end_epoch(time.perf_counter() - t0)
+        if save is not None:
+            save(progress, optimizers)
+    return progress.history

@@ -3,11 +3,18 @@
 A checkpoint holds ``model`` (and ``recognizers``) state dicts, ``optimizer`` state dicts, the
 ``scheduler`` position, the ``config`` (model and train sections as plain dicts), the
 ``phase``, ``epoch`` and ``step``, and the ``rng`` states, so a run can be inspected or resumed.
+
+A run directory keeps ``last.pt`` (the newest state, written every few steps) and
+``last.prev.pt`` (the one before it): if ``last.pt`` is ever unreadable, resuming falls back to
+``last.prev.pt`` and says so.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +75,79 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
     return path
 
 
+LAST, PREVIOUS = "last.pt", "last.prev.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: truncated, corrupt, or not an stprivacy checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds more than tensors and plain Python types (a pickle payload that
+    would run code when unpickled); it is refused, never executed."""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; only tensors and plain Python types
-    are accepted (``weights_only=True``), so an untrusted file cannot run code."""
+    are accepted (``weights_only=True``), so an untrusted file cannot run code.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file carries other pickled objects (custom classes, callables).
+        CheckpointError: the file is truncated, corrupt, or not an stprivacy checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only's refusal; its last line names the offending global (e.g. posix.system).
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it contains pickled objects other than tensors and plain "
+            f"Python types, which could run code ({detail})") from e
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(checkpoint, dict) or "phase" not in checkpoint:
-        raise ValueError(f"{path} is not an stprivacy checkpoint (expected a dict with a 'phase' key)")
+        raise CheckpointError(f"{path} is not an stprivacy checkpoint (expected a dict with a 'phase' key)")
     return checkpoint
+
+
+def save_rotating(run_dir: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write ``run_dir/last.pt``, first moving the current one to ``last.prev.pt``.
+
+    A kill between the two steps leaves only ``last.prev.pt``, which :func:`load_latest` reads.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / LAST
+    if last.is_file():
+        os.replace(last, run_dir / PREVIOUS)
+    return save_checkpoint(last, checkpoint)
+
+
+def load_latest(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run directory: ``last.pt``, else ``last.prev.pt``
+    (with a warning naming what was wrong with ``last.pt``), else None when neither exists.
+
+    A checkpoint refused as unsafe is never skipped over: that raises.
+    """
+    run_dir = Path(run_dir)
+    problem = None
+    for name in (LAST, PREVIOUS):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            checkpoint = load_checkpoint(path, map_location)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as e:
+            problem = problem or e
+            continue
+        if problem is not None:
+            warnings.warn(f"{problem}; resuming from the previous good checkpoint {path}", stacklevel=2)
+        return checkpoint
+    if problem is not None:
+        raise CheckpointError(f"no readable checkpoint in {run_dir}: {problem}")
+    return None

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 
 @dataclass
 class TrainConfig:
@@ -29,10 +31,19 @@ class TrainConfig:
             ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``); empty = the anonymizer's sizes.
         eval_keep_ratios: deployment keep ratios evaluated in the evaluation phase (paper §4.6);
             empty = only the model's ``alpha``.
-        seed: seeds weights, batch order and Gumbel noise.
-        device: "cpu", "cuda", "cuda:1", ...
+        seed: seeds weights, batch order and Gumbel noise; a CPU run with the same seed (and the
+            same world size x grad_accum_steps) repeats bit for bit.
+        device: "cpu", "cuda", "cuda:1", ... (under torchrun each process takes cuda:LOCAL_RANK).
         num_workers: DataLoader workers.
         progress: show tqdm progress bars.
+        grad_accum_steps: micro-batches per optimizer step; ``batch_size`` is the global batch
+            and must be divisible by ``world size * grad_accum_steps``.
+        precision: "fp32", or "bf16" for bfloat16 autocast (CPU and CUDA; weights stay fp32).
+        compile: wrap the trained modules in ``torch.compile``.
+        log: "none", "csv" (``metrics.csv`` in the run directory) or "tensorboard".
+        log_every: optimizer steps between logged rows.
+        checkpoint_every: optimizer steps between checkpoints (``last.pt``) inside an epoch;
+            0 = at the end of every epoch only.
     """
 
     dataset: str = "synthetic"
@@ -55,13 +66,19 @@ class TrainConfig:
     device: str = "cpu"
     num_workers: int = 0
     progress: bool = True
+    grad_accum_steps: int = 1
+    precision: str = "fp32"
+    compile: bool = False
+    log: str = "none"
+    log_every: int = 10
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size",):
+        for name in ("batch_size", "grad_accum_steps", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed"):
+        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -73,6 +90,22 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.privacy_adversary not in ("negative_bce", "entropy"):
             raise ValueError(f"privacy_adversary must be 'negative_bce' or 'entropy', got {self.privacy_adversary!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.log not in ("none", "csv", "tensorboard"):
+            raise ValueError(f"log must be 'none', 'csv' or 'tensorboard', got {self.log!r}")
+        for name in ("compile", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.dataset, str) or not isinstance(self.device, str):
+            raise TypeError(f"dataset and device must be strings, got {self.dataset!r} and {self.device!r}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as e:
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}") from e
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps "
+                             f"({self.grad_accum_steps})")
         if not isinstance(self.dataset_kwargs, dict) or not isinstance(self.recognizer, dict):
             raise TypeError("dataset_kwargs and recognizer must be dicts")
         self.eval_keep_ratios = [float(r) for r in self.eval_keep_ratios]

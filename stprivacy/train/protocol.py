@@ -1,6 +1,7 @@
 """The three phases chained: train an anonymizer, then evaluate it (and baselines) by the protocol."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,12 @@ from torch.utils.data import Dataset
 from ..baselines import make_baseline
 from ..model import STPrivacy, STPrivacyConfig
 from .anonymizer import train_adversarial, train_initialization
+from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from .common import make_recognizer
 from .config import TrainConfig
+from .distributed import is_main, world_size
+from .loop import Progress
+from .run_log import RunLogger, truncate_csv
 from .evaluation import baseline_transform, evaluate_anonymizer, stprivacy_transform
 
 
@@ -23,22 +28,98 @@ def dataset_sizes(dataset: Dataset) -> tuple[int, int]:
         raise ValueError("the dataset must expose num_classes and num_attributes") from e
 
 
+# Config fields that may change between a run and its resumption without changing its results.
+_RESUMABLE_CHANGES = {"device", "num_workers", "progress", "log", "log_every", "checkpoint_every", "compile"}
+
+
+def _check_resumable(checkpoint: dict[str, Any], model_cfg: STPrivacyConfig, cfg: TrainConfig) -> None:
+    saved_model, saved_train = checkpoint["config"]["model"], checkpoint["config"]["train"]
+    if saved_model != model_cfg.to_dict():
+        diff = sorted(k for k in saved_model if saved_model[k] != model_cfg.to_dict().get(k))
+        raise ValueError(f"cannot resume: the model config differs from the checkpoint's in {diff}")
+    current = cfg.to_dict()
+    diff = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved_train.get(k) != current[k])
+    if diff:
+        raise ValueError(f"cannot resume: the train config differs from the checkpoint's in {diff} "
+                         f"(only {sorted(_RESUMABLE_CHANGES)} may change)")
+    shards = world_size() * cfg.grad_accum_steps
+    if checkpoint.get("shards", shards) != shards:
+        warnings.warn(f"resuming with world size x grad_accum_steps = {shards} instead of the checkpoint's "
+                      f"{checkpoint['shards']}: training continues, but not bit for bit as it would have",
+                      stacklevel=3)
+
+
 def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Dataset, *, num_classes: int,
-                     num_attributes: int, out_dir: str | Path | None = None) -> tuple[STPrivacy, dict[str, Any]]:
-    """Phases 1 and 2 from scratch; checkpoints ``initialization.pt`` and ``adversarial.pt`` in
-    ``out_dir`` when given. Returns the trained anonymizer and the per-epoch histories."""
+                     num_attributes: int, out_dir: str | Path | None = None, resume: bool = False
+                     ) -> tuple[STPrivacy, dict[str, Any]]:
+    """Phases 1 and 2, from scratch or from the newest checkpoint of ``out_dir``.
+
+    With ``out_dir``, rank 0 writes ``last.pt`` (previous one kept as ``last.prev.pt``) every
+    ``cfg.checkpoint_every`` steps and at every epoch end, ``initialization.pt`` and
+    ``adversarial.pt`` when a phase ends, and the ``cfg.log`` metrics.
+
+    Args:
+        resume: continue from ``out_dir``'s newest readable checkpoint (a fresh start when there
+            is none): mid-phase and mid-epoch, with the same batches and Gumbel noise, so the
+            result equals that of an uninterrupted run.
+
+    Returns:
+        The trained anonymizer (eval mode) and ``{"initialization": history, "adversarial": history}``.
+    """
     torch.manual_seed(cfg.seed)
     model = STPrivacy(model_cfg)
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
     privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
     out = Path(out_dir) if out_dir is not None else None
-    history = {
-        "initialization": train_initialization(
-            model, action_rec, train_set, cfg, checkpoint_path=out / "initialization.pt" if out else None),
-        "adversarial": train_adversarial(
-            model, action_rec, privacy_rec, train_set, cfg, checkpoint_path=out / "adversarial.pt" if out else None),
-    }
-    return model.eval(), history
+    checkpoint = None
+    if resume:
+        if out is None:
+            raise ValueError("resume=True needs out_dir, the run directory to resume from")
+        checkpoint = load_latest(out)
+    histories: dict[str, Any] = {}
+    if checkpoint is not None:
+        _check_resumable(checkpoint, model_cfg, cfg)
+        model.load_state_dict(checkpoint["model"])
+        action_rec.load_state_dict(checkpoint["recognizers"]["action"])
+        privacy_rec.load_state_dict(checkpoint["recognizers"]["privacy"])
+        set_rng_state(checkpoint["rng"])
+        histories.update(checkpoint["history"])
+        progress = checkpoint["progress"]
+        truncate_csv(out, progress["phase"], progress["step"])
+        if is_main():
+            print(f"resuming {out} at the {progress['phase']} phase, epoch {progress['epoch'] + 1}, "
+                  f"batch {progress['batch']} (step {progress['step']})")
+    epochs = {"initialization": cfg.init_epochs, "adversarial": cfg.adv_epochs}
+
+    def save(progress: Progress, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        if out is None or not is_main():
+            return
+        state = {
+            "phase": progress.phase, "epoch": progress.epoch, "step": progress.step,
+            "progress": progress.to_dict(),
+            "model": model.state_dict(),
+            "recognizers": {"action": action_rec.state_dict(), "privacy": privacy_rec.state_dict()},
+            "optimizer": {name: o.state_dict() for name, o in optimizers.items()},
+            "scheduler": {"step": progress.step, "peak_lr": cfg.peak_lr},
+            "config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()},
+            "history": {**histories, progress.phase: progress.to_dict()["history"]},
+            "rng": rng_state(),
+            "shards": world_size() * cfg.grad_accum_steps,
+        }
+        save_rotating(out, state)
+        if progress.epoch == epochs[progress.phase] and progress.batch == 0:
+            save_checkpoint(out / f"{progress.phase}.pt", state)
+
+    logger = RunLogger(out, cfg.log, cfg.log_every)
+    try:
+        if checkpoint is None or checkpoint["phase"] == "initialization":
+            histories["initialization"] = train_initialization(model, action_rec, train_set, cfg, save=save,
+                                                               resume=checkpoint, logger=logger)
+        histories["adversarial"] = train_adversarial(model, action_rec, privacy_rec, train_set, cfg, save=save,
+                                                     resume=checkpoint, logger=logger)
+    finally:
+        logger.close()
+    return model.eval(), histories
 
 
 def evaluate_stprivacy(model: STPrivacy, cfg: TrainConfig, train_set: Dataset, test_set: Dataset, *,
