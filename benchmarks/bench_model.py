@@ -94,4 +94,4 @@ def test_inference(benchmark, measure, device, smoke, config, provider):
         assert kept == 1.0
     else:  # top-k after the last PSB: floor(N * alpha^3) of N per time step
         N = model.cfg.tokens_per_step
-        assert kept == int(N * model.cfg.alpha**3 + 1e-9) / N
+        assert kept == pytest.approx(int(N * model.cfg.alpha**3 + 1e-9) / N)

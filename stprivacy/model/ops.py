@@ -60,7 +60,8 @@ def gumbel_keep(log_probs: Tensor, prev: Tensor, tau: float, generator=None, noi
     """
     if _USE_REFERENCE.get():
         if noise is None:
-            uniform = torch.rand(prev.shape, generator=generator, dtype=torch.float32).to(prev.device)
+            device = generator.device if generator is not None else prev.device
+            uniform = torch.rand(prev.shape, generator=generator, device=device, dtype=torch.float32).to(prev.device)
             noise = reference.logistic_noise(uniform.clamp_(2.0**-24, 1.0 - 2.0**-24))
         return reference.gumbel_keep(log_probs, prev, noise, tau)
     return stpriv_ops.gumbel_keep(log_probs, prev, tau=tau, generator=generator, noise=noise)
