@@ -15,6 +15,7 @@ from ..baselines import BASELINE_NAMES, DETECTOR_BASELINES
 from ..model import STPrivacy, STPrivacyConfig
 from ..protocols import add_protocol_arguments, run_evaluate_command, uses_protocols
 from ..train import TrainConfig, dataset_sizes, evaluate_baseline, evaluate_stprivacy, load_checkpoint
+from ..train.distributed import init_from_env, is_main, shutdown
 from .train import build_datasets, load_run_config, print_results
 
 
@@ -38,25 +39,37 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     model_cfg = STPrivacyConfig.from_dict(checkpoint["config"]["model"])
     cfg = load_run_config(args.config)[1] if args.config else TrainConfig.from_dict(checkpoint["config"]["train"])
+    init_from_env(cfg.device)  # under torchrun: the fresh recognizers train with DDP, metrics over all ranks
+    try:
+        return _evaluate(args, checkpoint, model_cfg, cfg)
+    finally:
+        shutdown()
+
+
+def _evaluate(args: argparse.Namespace, checkpoint: dict, model_cfg: STPrivacyConfig, cfg: TrainConfig) -> int:
     model = STPrivacy(model_cfg)
     model.load_state_dict(checkpoint["model"])
     # A cross-dataset evaluation needs only the target benchmark's videos, not the training one's.
     train_set, test_set = (None, None) if args.eval_dataset else build_datasets(model_cfg, cfg)
     if uses_protocols(args, train_set):  # real videos, frame-level or cross-dataset: stprivacy.protocols
+        if not is_main():  # the streaming protocols are not sharded: rank 0 runs them alone
+            return 0
         title = f"STPrivacy ({checkpoint['phase']} checkpoint, epoch {checkpoint['epoch']}):"
         return run_evaluate_command(args, model, cfg, train_set, test_set, title)
     num_classes, num_attributes = dataset_sizes(train_set)
     results = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
                                  num_attributes=num_attributes, keep_ratios=args.keep_ratios)
-    print(f"STPrivacy ({checkpoint['phase']} checkpoint, epoch {checkpoint['epoch']}):")
-    print_results(results)
+    if is_main():
+        print(f"STPrivacy ({checkpoint['phase']} checkpoint, epoch {checkpoint['epoch']}):")
+        print_results(results)
     baselines = {}
     for name in args.baselines:
         baselines[name] = evaluate_baseline(name, model_cfg, cfg, train_set, test_set, num_classes=num_classes,
                                             num_attributes=num_attributes)
         r = baselines[name]
-        print(f"{name:>14}: top-1 {100 * r['top1']:.1f}  F1 {100 * r['f1']:.1f}  cMAP {100 * r['cmap']:.1f}")
-    if args.out:
+        if is_main():
+            print(f"{name:>14}: top-1 {100 * r['top1']:.1f}  F1 {100 * r['f1']:.1f}  cMAP {100 * r['cmap']:.1f}")
+    if args.out and is_main():
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "evaluation.json").write_text(json.dumps({"stprivacy": results, "baselines": baselines}, indent=2))
     return 0

@@ -4,10 +4,16 @@ The config file is JSON with two sections::
 
     {"model": {"preset": "small", "embed_dim": 64},      # STPrivacyConfig fields; preset: small | vit_s
      "train": {"dataset": "synthetic", "batch_size": 32, "init_epochs": 10, ...}}   # TrainConfig fields
+
+Options given on the command line (--seed, --precision, ...) replace the config's values.
+Several processes: ``torchrun --nproc_per_node=N -m stprivacy.cli train ...`` (DDP; NCCL on GPUs,
+gloo on the CPU; batch_size stays the global batch). A killed run continues exactly with the
+same command plus ``--resume``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,8 @@ from typing import Any
 from ..model import STPrivacyConfig
 from ..protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
+from ..train.distributed import init_from_env, is_main, shutdown
+from ..train.run_log import RunLogger
 
 PRESETS = {"small": STPrivacyConfig.small, "vit_s": STPrivacyConfig.vit_s}
 
@@ -26,7 +34,60 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/stprivacy"), help="checkpoints and report.json go here")
     add_protocol_arguments(p)  # --protocol video|frame, --eval-dataset (cross-dataset)
     p.add_argument("--skip-evaluation", action="store_true", help="stop after the adversarial phase")
+    add_run_arguments(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (or OUT/last.prev.pt if last.pt is unreadable)")
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+# command-line flag -> TrainConfig field, for the options a real run tunes most often.
+RUN_OPTIONS = {"seed": "seed", "device": "device", "precision": "precision", "grad_accum": "grad_accum_steps",
+               "grad_clip": "grad_clip", "compile": "compile", "log": "log", "log_every": "log_every",
+               "checkpoint_every": "checkpoint_every", "num_workers": "num_workers"}
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Overrides of the config's train section (see ``TrainConfig``)."""
+    g = p.add_argument_group("run options (override the config's 'train' section)")
+    g.add_argument("--seed", type=_non_negative_int, help="seeds weights, batches and Gumbel noise")
+    g.add_argument("--device", help="cpu, cuda or cuda:<i> (under torchrun: cuda:LOCAL_RANK)")
+    g.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = bfloat16 autocast")
+    g.add_argument("--grad-accum", type=_positive_int, metavar="STEPS", help="gradient-accumulation steps")
+    g.add_argument("--grad-clip", type=_non_negative_float, metavar="NORM", help="max gradient norm (0 = off)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the trained modules")
+    g.add_argument("--log", choices=["none", "csv", "tensorboard"], help="OUT/metrics.csv or OUT/tensorboard")
+    g.add_argument("--log-every", type=_positive_int, metavar="STEPS", help="steps between logged rows")
+    g.add_argument("--checkpoint-every", type=_non_negative_int, metavar="STEPS",
+                   help="steps between OUT/last.pt checkpoints inside an epoch (0 = at epoch ends only)")
+    g.add_argument("--num-workers", type=_non_negative_int, help="DataLoader worker processes")
+
+
+def apply_run_arguments(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """``cfg`` with the given command-line overrides (validated again by TrainConfig)."""
+    overrides = {field: getattr(args, flag) for flag, field in RUN_OPTIONS.items()
+                 if getattr(args, flag, None) is not None}
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 def model_config_from_dict(section: dict[str, Any]) -> STPrivacyConfig:
@@ -78,20 +139,38 @@ def print_results(results: dict[str, dict[str, Any]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model_cfg, cfg = load_run_config(args.config)
+    cfg = apply_run_arguments(cfg, args)
+    init_from_env(cfg.device)
+    try:
+        return _train(args, model_cfg, cfg)
+    finally:
+        shutdown()
+
+
+def _train(args: argparse.Namespace, model_cfg: STPrivacyConfig, cfg: TrainConfig) -> int:
     train_set, test_set = build_datasets(model_cfg, cfg)
     num_classes, num_attributes = dataset_sizes(train_set)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        args.out.mkdir(parents=True, exist_ok=True)
     model, history = train_anonymizer(model_cfg, cfg, train_set, num_classes=num_classes,
-                                      num_attributes=num_attributes, out_dir=args.out)
+                                      num_attributes=num_attributes, out_dir=args.out, resume=args.resume)
     report: dict[str, Any] = {"config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, "history": history}
     if not args.skip_evaluation:
         if uses_protocols(args, train_set):  # real videos, frame-level or cross-dataset: stprivacy.protocols
+            if not is_main():  # the streaming protocols are not sharded: rank 0 runs them alone
+                return 0
             report["evaluation"] = evaluate_with_protocol(model, cfg, args, train_set, test_set)
             print(format_results(report["evaluation"]))
         else:
-            report["evaluation"] = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
-                                                      num_attributes=num_attributes)
-            print_results(report["evaluation"])
-    (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"checkpoints and report.json written to {args.out}")
+            logger = RunLogger(args.out, cfg.log, cfg.log_every)
+            try:
+                report["evaluation"] = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
+                                                          num_attributes=num_attributes, logger=logger)
+            finally:
+                logger.close()
+            if is_main():
+                print_results(report["evaluation"])
+    if is_main():
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+        print(f"checkpoints and report.json written to {args.out}")
     return 0

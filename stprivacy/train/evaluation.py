@@ -15,13 +15,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from .. import metrics
 from ..model import STPrivacy, STPrivacyConfig
-from .common import clip_and_step, make_loader, make_optimizer, make_recognizer, set_lr
+from .common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .config import TrainConfig, get_lr
+from .distributed import (ResumableBatches, all_reduce_mean, gather_rows, is_main, make_loader, micro_batches,
+                          resolve_device, shard_range)
+from .loop import PHASE_IDS, Progress, StepValues, autocast, prepare
+from .run_log import RunLogger
 
 # A frozen anonymizer: Tensor[B, C, T, H, W] -> (Tensor[B, C, T, H, W], keep Tensor[B, L, N] or None).
 Anonymizer = Callable[[Tensor], tuple[Tensor, Tensor | None]]
@@ -52,92 +56,123 @@ def transform_dataset(transform: Anonymizer, dataset: Dataset, cfg: TrainConfig,
     Where the transform drops nothing at all, ``keep`` is stored as ``Tensor[M]`` of ones, which
     batches to a 1-D tensor that the recognizers' loops read as "no mask". Worth it when the data
     is iterated for many epochs and fits in memory (the synthetic benchmark); real datasets with
-    augmentation would transform on the fly instead.
+    augmentation would transform on the fly instead. Under torchrun each rank transforms its
+    contiguous block and every rank receives the whole result, in dataset order.
     """
-    device = torch.device(cfg.device)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    device = resolve_device(cfg.device)
+    block = Subset(dataset, list(shard_range(len(dataset))))
+    loader = DataLoader(block, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     videos, keeps, actions, privacy = [], [], [], []
-    for video, action, priv in tqdm(loader, desc=desc, leave=False, disable=not cfg.progress):
+    for video, action, priv in tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and is_main())):
         out, keep = transform(video.to(device))
         videos.append(out.cpu())
         keeps.append(keep if keep is None else keep.cpu())
         actions.append(action)
         privacy.append(priv.float())
-    grids = [k for k in keeps if k is not None]
-    if not grids:
-        keep_all = torch.ones(len(dataset))
+    # Whether anything was dropped must be agreed on by all ranks before gathering.
+    dropped_here = any(k is not None for k in keeps)
+    if all_reduce_mean(torch.tensor([float(dropped_here)])).item() == 0:
+        keep_all = torch.ones(sum(len(v) for v in videos))
     else:
-        keep_all = torch.cat([k if k is not None else grids[0].new_ones(len(v), *grids[0].shape[1:])
-                              for k, v in zip(keeps, videos)])
-    return TensorDataset(torch.cat(videos), keep_all, torch.cat(actions), torch.cat(privacy))
+        grid = next(k for k in keeps if k is not None).shape[1:] if dropped_here else _keep_grid(transform, dataset, device)
+        keep_all = torch.cat([k if k is not None else torch.ones(len(v), *grid) for k, v in zip(keeps, videos)])
+    return TensorDataset(gather_rows(torch.cat(videos)), gather_rows(keep_all), gather_rows(torch.cat(actions)),
+                         gather_rows(torch.cat(privacy)))
+
+
+def _keep_grid(transform: Anonymizer, dataset: Dataset, device: torch.device) -> tuple[int, ...]:
+    # A rank whose block dropped nothing still needs the [L, N] shape of the others' masks.
+    video = dataset[0][0].unsqueeze(0).to(device)
+    _, keep = transform(video)
+    if keep is None:
+        raise RuntimeError("cannot tell the keep-mask shape: the transform dropped nothing on video 0")
+    return tuple(keep.shape[1:])
 
 
 def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: TrainConfig, num_classes: int,
-                    num_attributes: int, desc: str = "recognizers"):
+                    num_attributes: int, desc: str = "recognizers", logger: RunLogger | None = None):
     """Train a fresh action and a fresh privacy recognizer on transformed training data.
 
     Both see the same batches; each has its own AdamW and cosine schedule (``cfg.eval_epochs``).
+    Under torchrun both are DDP-wrapped and each rank trains on its share of every batch.
 
     Returns:
         (action_rec, privacy_rec, history)
     """
-    device = torch.device(cfg.device)
-    action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False).to(device).train()
-    privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True).to(device).train()
-    loader = make_loader(train_data, cfg, shuffle=True, seed_offset=3)
+    phase, accum = "evaluation", cfg.grad_accum_steps
+    device = resolve_device(cfg.device)
+    action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
+    privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
+    rec_action, rec_privacy = prepare(action_rec, device, cfg), prepare(privacy_rec, device, cfg)
+    batches = ResumableBatches(len(train_data), min(cfg.batch_size, len(train_data)), accum,
+                               seed=cfg.seed * 7919 + PHASE_IDS[phase])
     opt_action = make_optimizer([action_rec], cfg)
     opt_privacy = make_optimizer([privacy_rec], cfg)
-    total = cfg.eval_epochs * len(loader)
-    warmup, min_lr = round(cfg.warmup_epochs * len(loader)), cfg.peak_lr * cfg.min_lr_ratio
-    history: dict[str, list[float]] = {"loss_action": [], "loss_privacy": []}
-    step = 0
-    for epoch in range(cfg.eval_epochs):
-        sum_action = sum_privacy = 0.0
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.eval_epochs}", leave=False, disable=not cfg.progress)
-        for video, keep, action, privacy in bar:
-            video, action, privacy = video.to(device), action.to(device), privacy.to(device)
-            keep = keep.to(device) if keep.dim() > 1 else None
-            lr = get_lr(step, total, cfg.peak_lr, warmup, min_lr)
+    total = cfg.eval_epochs * len(batches)
+    warmup, min_lr = round(cfg.warmup_epochs * len(batches)), cfg.peak_lr * cfg.min_lr_ratio
+    progress = Progress(phase)
+    while progress.epoch < cfg.eval_epochs:
+        t0 = time.perf_counter()
+        loader = make_loader(train_data, batches.epoch(progress.epoch), cfg.num_workers)
+        bar = tqdm(loader, desc=f"{desc}: fresh recognizers {progress.epoch + 1}/{cfg.eval_epochs}", leave=False,
+                   disable=not (cfg.progress and is_main()))
+        for batch in bar:
+            lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
             set_lr(opt_action, lr)
             set_lr(opt_privacy, lr)
-            loss_action = F.cross_entropy(action_rec(video, keep), action)
-            loss_privacy = F.binary_cross_entropy_with_logits(privacy_rec(video, keep), privacy)
             opt_action.zero_grad(set_to_none=True)
             opt_privacy.zero_grad(set_to_none=True)
-            (loss_action + loss_privacy).backward()  # disjoint parameters: one backward serves both
+            step_values = StepValues(accum)
+            for _, (video, keep, action, privacy) in micro_batches(batch, accum, [rec_action, rec_privacy]):
+                video, action, privacy = video.to(device), action.to(device), privacy.to(device)
+                keep = keep.to(device) if keep.dim() > 1 else None
+                with autocast(cfg, device):
+                    loss_action = F.cross_entropy(rec_action(video, keep), action)
+                    loss_privacy = F.binary_cross_entropy_with_logits(rec_privacy(video, keep), privacy)
+                ((loss_action + loss_privacy) / accum).backward()  # disjoint parameters: one backward serves both
+                step_values.add(loss_action=loss_action, loss_privacy=loss_privacy)
+            values = step_values.reduce(progress)
             clip_and_step(opt_action, cfg)
             clip_and_step(opt_privacy, cfg)
-            step += 1
-            sum_action += loss_action.item()
-            sum_privacy += loss_privacy.item()
-            bar.set_postfix(action=f"{loss_action.item():.3f}", privacy=f"{loss_privacy.item():.3f}")
-        history["loss_action"].append(sum_action / len(loader))
-        history["loss_privacy"].append(sum_privacy / len(loader))
-    return action_rec, privacy_rec, history
+            progress.end_step(values)
+            bar.set_postfix(action=f"{values['loss_action']:.3f}", privacy=f"{values['loss_privacy']:.3f}")
+            if logger is not None:
+                logger.log(f"{phase}/{desc}", progress.epoch + 1, progress.step, values)
+        progress.end_epoch(time.perf_counter() - t0)
+    history = {key: progress.history.get(key, []) for key in ("loss_action", "loss_privacy")}
+    return action_rec.eval(), privacy_rec.eval(), history
 
 
 @torch.no_grad()
 def test_recognizers(action_rec, privacy_rec, test_data: TensorDataset, cfg: TrainConfig) -> dict[str, float]:
-    """Top-1, F1 and cMAP (fractions) of trained recognizers on transformed test data."""
-    device = torch.device(cfg.device)
+    """Top-1, F1 and cMAP (fractions) of trained recognizers on transformed test data.
+
+    Under torchrun each rank scores its block of the test set; the logits are gathered, so every
+    rank computes the metrics over the whole test set (cMAP needs all scores, not a mean of
+    per-rank values).
+    """
+    device = resolve_device(cfg.device)
     action_rec.eval()
     privacy_rec.eval()
+    block = Subset(test_data, list(shard_range(len(test_data))))
     action_logits, privacy_logits, actions, privacy = [], [], [], []
-    for video, keep, action, priv in DataLoader(test_data, batch_size=cfg.batch_size * 2):
+    for video, keep, action, priv in DataLoader(block, batch_size=cfg.batch_size * 2):
         video = video.to(device)
         keep = keep.to(device) if keep.dim() > 1 else None
-        action_logits.append(action_rec(video, keep).float().cpu())
-        privacy_logits.append(privacy_rec(video, keep).float().cpu())
+        with autocast(cfg, device):
+            action_logits.append(action_rec(video, keep).float().cpu())
+            privacy_logits.append(privacy_rec(video, keep).float().cpu())
         actions.append(action)
         privacy.append(priv)
-    return metrics.summarize(torch.cat(action_logits), torch.cat(actions), torch.cat(privacy_logits),
-                             torch.cat(privacy))
+    return metrics.summarize(*(gather_rows(torch.cat(parts)) for parts in (action_logits, actions, privacy_logits,
+                                                                          privacy)))
 
 
 def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
-                        cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer"
-                        ) -> dict[str, Any]:
-    """The whole evaluation protocol for one frozen transform.
+                        cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
+                        logger: RunLogger | None = None) -> dict[str, Any]:
+    """The whole evaluation protocol for one frozen transform (``logger`` logs the recognizers'
+    losses under the phase name ``evaluation/<name>``).
 
     Returns:
         ``{"top1", "f1", "cmap"}`` as fractions, plus ``"kept"`` (mean fraction of tubelets the
@@ -147,7 +182,7 @@ def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dat
     train_data = transform_dataset(transform, train_set, cfg, desc=f"{name}: transform train")
     test_data = transform_dataset(transform, test_set, cfg, desc=f"{name}: transform test")
     action_rec, privacy_rec, _ = fit_recognizers(train_data, model_cfg, cfg, num_classes, num_attributes,
-                                                 desc=f"{name}: fresh recognizers")
+                                                 desc=name, logger=logger)
     result: dict[str, Any] = test_recognizers(action_rec, privacy_rec, test_data, cfg)
     keep = test_data.tensors[1]
     result["kept"] = float(keep.mean()) if keep.dim() > 1 else 1.0

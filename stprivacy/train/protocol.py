@@ -15,9 +15,9 @@ from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, 
 from .common import make_recognizer
 from .config import TrainConfig
 from .distributed import is_main, world_size
+from .evaluation import baseline_transform, evaluate_anonymizer, stprivacy_transform
 from .loop import Progress
 from .run_log import RunLogger, truncate_csv
-from .evaluation import baseline_transform, evaluate_anonymizer, stprivacy_transform
 
 
 def dataset_sizes(dataset: Dataset) -> tuple[int, int]:
@@ -124,7 +124,7 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
 
 def evaluate_stprivacy(model: STPrivacy, cfg: TrainConfig, train_set: Dataset, test_set: Dataset, *,
                        num_classes: int, num_attributes: int, keep_ratios: list[float] | None = None,
-                       name: str = "stprivacy") -> dict[str, dict[str, Any]]:
+                       name: str = "stprivacy", logger: RunLogger | None = None) -> dict[str, dict[str, Any]]:
     """Phase 3 at each deployment keep ratio (default: ``cfg.eval_keep_ratios`` or the model's
     alpha). Returns ``{str(ratio): {"top1", "f1", "cmap", "kept", "seconds"}}``."""
     ratios = keep_ratios or cfg.eval_keep_ratios or [model.cfg.alpha]
@@ -133,14 +133,15 @@ def evaluate_stprivacy(model: STPrivacy, cfg: TrainConfig, train_set: Dataset, t
         torch.manual_seed(cfg.seed + 1)  # the fresh recognizers start alike for every ratio
         results[f"{ratio:g}"] = evaluate_anonymizer(
             stprivacy_transform(model, ratio), train_set, test_set, model.cfg, cfg,
-            num_classes=num_classes, num_attributes=num_attributes, name=f"{name} alpha={ratio:g}")
+            num_classes=num_classes, num_attributes=num_attributes, name=f"{name} alpha={ratio:g}", logger=logger)
     return results
 
 
 def evaluate_baseline(name: str, model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Dataset,
-                      test_set: Dataset, *, num_classes: int, num_attributes: int) -> dict[str, Any]:
+                      test_set: Dataset, *, num_classes: int, num_attributes: int,
+                      logger: RunLogger | None = None) -> dict[str, Any]:
     """Phase 3 for one of ``stprivacy.baselines.BASELINE_NAMES``."""
     torch.manual_seed(cfg.seed + 1)
     transform = baseline_transform(make_baseline(name, model_cfg.image_size))
     return evaluate_anonymizer(transform, train_set, test_set, model_cfg, cfg, num_classes=num_classes,
-                               num_attributes=num_attributes, name=name)
+                               num_attributes=num_attributes, name=name, logger=logger)

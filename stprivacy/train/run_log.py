@@ -70,15 +70,19 @@ class RunLogger:
             self._writer = None
 
 
+def _order(phase: str) -> int:
+    # Evaluation rows are tagged "evaluation/<anonymizer>": all of them come after training.
+    return PHASES.index(phase) if phase in PHASES else len(PHASES)
+
+
 def truncate_csv(run_dir: str | Path, phase: str, step: int) -> None:
     """Drop the rows logged after ``step`` of ``phase`` (and every row of a later phase)."""
     path = Path(run_dir) / CSV_NAME
     if not is_main() or not path.is_file():
         return
-    order = PHASES.index(phase)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    kept = [r for r in rows if r["phase"] in PHASES and (PHASES.index(r["phase"]), int(r["step"])) <= (order, step)]
+    kept = [r for r in rows if (_order(r["phase"]), int(r["step"])) <= (_order(phase), step)]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_FIELDS)
