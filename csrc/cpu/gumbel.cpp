@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/grain.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -98,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_keep_cpu(const at::Tensor& log_probs_i
     const acc_t* np = noise.has_value() ? noise->const_data_ptr<acc_t>() : nullptr;
     scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
     acc_t* zp = logit.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, count, 4096, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, count, grain_for(np ? 2 : 16), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t g = np ? np[i] : static_cast<acc_t>(logistic_from_uniform(philox_uniform(seed_value, i)));
         // Same operations in the same order as the reference, so explicit noise matches bit for bit.
@@ -133,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_keep_backward_cpu(const at::Tensor& gr
     scalar_t* glp = grad_lp.mutable_data_ptr<scalar_t>();
     scalar_t* gpp = grad_prev.mutable_data_ptr<scalar_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(tau);
-    at::parallel_for(0, count, 4096, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, count, grain_for(4), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t z = zp[i], g = static_cast<acc_t>(gp[i]);
         const acc_t soft = acc_t(1) / (acc_t(1) + std::exp(-z * inv_tau));
@@ -178,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& score_in, i
     scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
     acc_t* softp = soft.mutable_data_ptr<acc_t>();
     const acc_t tau_acc = static_cast<acc_t>(tau);
-    at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, grain_for(N * (np ? 8 : 24)), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> perturbed(N), ranked(N);
       std::vector<int64_t> order(N);
       for (int64_t row = begin; row < end; ++row) {
@@ -224,7 +226,7 @@ at::Tensor gumbel_topk_backward_cpu(const at::Tensor& grad_keep_in, const at::Te
     const acc_t* softp = soft.const_data_ptr<acc_t>();
     scalar_t* out = grad_score.mutable_data_ptr<scalar_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(tau);
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, grain_for(2 * N), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t base = row * N;
         acc_t weighted = 0;  // sum_j g_j soft_j: the softmax Jacobian is diag(s) - s s^T

@@ -12,6 +12,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/grain.h"
+
 #include <tuple>
 #include <vector>
 
@@ -53,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mean_cpu(const at::Tensor& x_in, const
     std::vector<acc_t> sums(B * L * C);
     std::vector<acc_t> counts(B * L);
 
-    at::parallel_for(0, B * L, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, grain_for(N * C), [&](int64_t begin, int64_t end) {
       for (int64_t bl = begin; bl < end; ++bl) {
         acc_t* __restrict acc = sums.data() + bl * C;
         for (int64_t c = 0; c < C; ++c) acc[c] = acc_t(0);
@@ -69,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mean_cpu(const at::Tensor& x_in, const
         for (int64_t c = 0; c < C; ++c) sp[bl * C + c] = static_cast<scalar_t>(acc[c] * inv);
       }
     });
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B, grain_for(L * C), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(C);
       for (int64_t b = begin; b < end; ++b) {
         std::fill(acc.begin(), acc.end(), acc_t(0));
@@ -131,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mean_backward_cpu(const at::Tensor& gr
       inv_video[b] = inverse_or_zero(video);
     }
 
-    at::parallel_for(0, B * L, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, grain_for(2 * N * C), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> g(C);
       for (int64_t bl = begin; bl < end; ++bl) {
         const int64_t b = bl / L;

@@ -10,6 +10,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/grain.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -33,7 +35,7 @@ at::Tensor topk_keep_cpu(const at::Tensor& score_in, int64_t k) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "topk_keep_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = score.const_data_ptr<scalar_t>();
-    at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, grain_for(8 * N), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> value(N);
       std::vector<int64_t> order(N);
       for (int64_t row = begin; row < end; ++row) {
@@ -80,7 +82,7 @@ at::Tensor gather_tokens_cpu(const at::Tensor& x_in, const at::Tensor& idx_in) {
   const char* xp = static_cast<const char*>(x.const_data_ptr());
   char* op = static_cast<char*>(out.mutable_data_ptr());
   const int64_t* ip = idx.const_data_ptr<int64_t>();
-  at::parallel_for(0, B * L, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * L, grain_for(k * D), [&](int64_t begin, int64_t end) {
     for (int64_t bl = begin; bl < end; ++bl) {
       const int64_t b = bl / L, l = bl % L;
       for (int64_t j = 0; j < k; ++j) {
@@ -107,7 +109,7 @@ at::Tensor scatter_tokens_cpu(const at::Tensor& y_in, const at::Tensor& idx_in, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "scatter_tokens_cpu", [&] {
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* outp = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * L, 4, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, grain_for(2 * k * D), [&](int64_t begin, int64_t end) {
       for (int64_t bl = begin; bl < end; ++bl) {
         const int64_t b = bl / L, l = bl % L;
         for (int64_t j = 0; j < k; ++j) {
