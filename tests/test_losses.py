@@ -8,11 +8,11 @@ import stpriv_ops
 
 
 def test_value_by_hand():
-    # Block 0: step ratios 0.5 and 1.0 against 0.5 -> errors 0, 0.25; block 1: ratio 0 against 0.25.
+    # Block 0: step ratios 0.5 and 1.0 against 0.5 -> errors 0, 0.5; block 1: ratio 0 against 0.25.
     keep0 = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
     keep1 = torch.zeros(1, 2, 2)
     loss = stpriv_ops.sparsity_loss([keep0, keep1], [0.5, 0.25])
-    expected = ((0.0 + 0.25**2) / 2 + 0.25**2) / 2
+    expected = ((0.0 + 0.5**2) / 2 + 0.25**2) / 2
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(expected)
 
 
