@@ -1,0 +1,39 @@
+"""Tiny training runs for the scale-out and fault-tolerance tests: seconds on one CPU thread."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = {"preset": "small", "embed_dim": 24, "num_heads": 2, "depth": 1, "pab_depth": 1, "num_psb": 2}
+TINY_TRAIN = {
+    "dataset": "synthetic", "dataset_kwargs": {"train_videos": 16, "test_videos": 8},
+    "batch_size": 8, "init_epochs": 1, "adv_epochs": 1, "eval_epochs": 1,
+    "recognizer": {"embed_dim": 24, "num_heads": 2, "depth": 1}, "progress": False,
+    "log": "csv", "log_every": 1,
+}
+
+
+def write_config(path: Path, **train_overrides) -> Path:
+    path.write_text(json.dumps({"model": TINY_MODEL, "train": {**TINY_TRAIN, **train_overrides}}))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """One thread per process (what torchrun gives each rank), so runs are bitwise comparable."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("STPRIVACY_DEBUG", None)
+    return env
+
+
+def cli(*args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m stprivacy.cli ARGS`` in a fresh process."""
+    res = subprocess.run([sys.executable, "-m", "stprivacy.cli", *args], cwd=ROOT, env=cli_env(),
+                         capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"stprivacy {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
