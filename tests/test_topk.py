@@ -220,3 +220,10 @@ def test_cuda_ops(dtype):
     assert torch.equal(out, reference.gather_tokens(x, idx))
     (gx,) = torch.autograd.grad(out, x, out.detach())
     assert torch.equal(gx, reference.scatter_tokens(out.detach(), idx, 49))
+
+
+def test_triton_topk_keep_float64_keeps_fine_differences():
+    tk = _triton()
+    # Differences below float32 resolution must still order float64 scores.
+    s = torch.tensor([[[1.0, 1.0 + 1e-12, 1.0, 0.5, 1.0 + 2e-12]]], dtype=torch.float64)
+    assert tk.topk_keep_forward(s.to(TRITON_DEVICE), 2).cpu().tolist() == [[[1, 4]]]

@@ -17,13 +17,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .. import reference
+
 
 @triton.jit
 def _rank_in_row(Values_ptr, offs_i, value_i, N, BLOCK_J: tl.constexpr):
     """How many of the row's N values beat each ``value_i`` (index ``offs_i``); NaN counts as +inf.
 
     ``Values_ptr`` points at the row's values, already with NaN replaced by +inf."""
-    rank = tl.zeros(offs_i.shape, dtype=tl.int32)
+    rank = tl.zeros_like(offs_i)
     offs_j0 = tl.arange(0, BLOCK_J)
     for j0 in range(0, N, BLOCK_J):
         offs_j = j0 + offs_j0
@@ -49,7 +51,7 @@ def _topk_keep_kernel(
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_N)
     valid = offs < N
-    value = _nan_to_inf(tl.load(Score_ptr + row * N + offs, mask=valid, other=0.0).to(tl.float32))
+    value = _nan_to_inf(tl.load(Score_ptr + row * N + offs, mask=valid, other=0.0).to(Scratch_ptr.dtype.element_ty))
     # Other lanes' values are reread from memory in blocks of BLOCK_J: registers cannot be indexed.
     tl.store(Scratch_ptr + row * N + offs, value, mask=valid)
     tl.debug_barrier()
@@ -113,7 +115,9 @@ def topk_keep_forward(score: Tensor, k: int) -> Tensor:
     idx = torch.empty((B, L, k), dtype=torch.int64, device=score.device)
     if k == 0:
         return idx
-    scratch = torch.empty((B, L, N), dtype=torch.float32, device=score.device)
+    # Ranks compare float32 values (float64 for float64 scores, whose ties must stay exact).
+    scratch_dtype = torch.float64 if score.dtype == torch.float64 else torch.float32
+    scratch = torch.empty((B, L, N), dtype=scratch_dtype, device=score.device)
     BLOCK_N = triton.next_power_of_2(N)
     BLOCK_J = min(BLOCK_N, max(16, 8192 // BLOCK_N))  # a BLOCK_N x BLOCK_J compare tile of <= 8K
     _topk_keep_kernel[(B * L,)](score, scratch, idx, N, k, BLOCK_N=BLOCK_N, BLOCK_J=BLOCK_J)
@@ -145,6 +149,9 @@ def scatter_tokens_forward(y: Tensor, idx: Tensor, num_tokens_per_step: int) -> 
     N, D = num_tokens_per_step, y.shape[2]
     if k == 0 or D == 0:
         return y.new_zeros((B, L * N, D))
+    if y.dtype == torch.float64 and y.is_cuda:
+        # tl.dot has no float64 path on every GPU; float64 is for checks, not speed.
+        return reference.scatter_tokens(y, idx, N)
     out = y.new_empty((B, L * N, D))
     BLOCK_N = min(64, max(16, triton.next_power_of_2(N)))
     BLOCK_K = min(64, max(16, triton.next_power_of_2(k)))
