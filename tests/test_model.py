@@ -323,3 +323,17 @@ def test_small_preset_is_small():
     cfg = STPrivacyConfig.small()
     assert cfg.num_tokens <= 64 and cfg.embed_dim <= 96 and cfg.depth == 1
     assert sum(p.numel() for p in STPrivacy(cfg).parameters()) < 1e6
+
+
+def test_bf16_autocast_training_step():
+    """Mixed precision as the training code runs it: bf16 activations, float32 keep decisions."""
+    model = make_model().train()
+    video = make_video(model.cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(video, generator=torch.Generator().manual_seed(0))
+        loss = out.video.float().square().mean() + stpriv_ops.sparsity_loss(out.keep_masks, out.target_ratios)
+    loss.backward()
+    assert out.video.dtype == torch.bfloat16 and out.keep.dtype == torch.float32
+    grads = [p.grad for p in model.psbs[0].predictor.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
