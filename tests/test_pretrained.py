@@ -116,3 +116,17 @@ def test_errors(tmp_path):
         inflate_pos_embed(torch.zeros(1, 3 + 16, D), 2, (4, 4))
     with pytest.raises(TypeError, match="STPrivacy, VideoClassifier or FrameClassifier"):
         load_pretrained_vit(torch.nn.Linear(2, 2), fake_vit_state_dict())
+
+
+def test_training_config_initializes_the_anonymizer_from_a_local_checkpoint(tmp_path):
+    from stprivacy.train import TrainConfig, build_dataset, train_anonymizer
+
+    path = tmp_path / "vit.safetensors"
+    state = fake_vit_state_dict()
+    save_file(state, str(path))
+    cfg = small_config()
+    train_cfg = TrainConfig(pretrained=str(path), init_epochs=0, adv_epochs=0, progress=False)
+    geometry = {"frames": cfg.frames, "image_size": cfg.image_size, "tubelet": cfg.tubelet}
+    data = build_dataset("synthetic", "train", geometry, train_videos=4)
+    model, _ = train_anonymizer(cfg, train_cfg, data, num_classes=4, num_attributes=5)
+    torch.testing.assert_close(model.psbs[1].blocks[0].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])

@@ -16,6 +16,9 @@ class TrainConfig:
     Attributes:
         dataset: a name known to ``stprivacy.train.data_factory.build_dataset``.
         dataset_kwargs: keyword arguments for that dataset (sizes, root directory, ...).
+        pretrained: a local ImageNet ViT checkpoint (timm / DeiT layout, .safetensors or .pth) that
+            initializes the anonymizer and the phase-1/2 recognizers, inflated to video (paper §4.3);
+            empty = random init. See ``stprivacy.model.pretrained``.
         batch_size: videos per step.
         base_lr: the learning rate at batch 512; the used peak is ``base_lr * batch_size / 512``.
         min_lr_ratio: the cosine schedule ends at ``peak * min_lr_ratio``.
@@ -48,6 +51,7 @@ class TrainConfig:
 
     dataset: str = "synthetic"
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""
     batch_size: int = 32
     base_lr: float = 1e-3
     min_lr_ratio: float = 0.01

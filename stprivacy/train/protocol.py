@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from ..baselines import make_baseline
 from ..model import STPrivacy, STPrivacyConfig
+from ..model.pretrained import load_pretrained_vit
 from .anonymizer import train_adversarial, train_initialization
 from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from .common import make_recognizer
@@ -70,6 +71,9 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
     model = STPrivacy(model_cfg)
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
     privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
+    if cfg.pretrained:  # ImageNet ViT-S, inflated to video (a resumed run overwrites it below)
+        for module in (model, action_rec, privacy_rec):
+            load_pretrained_vit(module, cfg.pretrained)
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = None
     if resume:
