@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    # user errors, and a loss gone NaN/inf (FloatingPointError): one clear line, no traceback
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
         if os.environ.get("STPRIVACY_DEBUG"):
             raise
         print(f"stprivacy {args.command}: error: {e}", file=sys.stderr)
