@@ -137,12 +137,15 @@ def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray, num_frame
     kept: dict[int, np.ndarray] = {}
     frame, decoded = None, 0
     # Only the frames asked for are converted to RGB; the rest are just decoded and dropped.
-    for i, frame in enumerate(_decode(path)):
-        decoded = i + 1
-        if i in needed or i >= last_needed:
-            kept[i] = frame.to_ndarray(format="rgb24")
-        if i >= last_needed:
-            break
+    try:
+        for i, frame in enumerate(_decode(path)):
+            decoded = i + 1
+            if i in needed or i >= last_needed:
+                kept[i] = frame.to_ndarray(format="rgb24")
+            if i >= last_needed:
+                break
+    except av.FFmpegError as exc:  # a frame that decodes but does not convert
+        raise VideoDecodeError(f"converting a frame of {path} failed: {exc}") from exc
     if not decoded:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
     if decoded <= last_needed:
