@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
     ablations = {
         "sparsification only (no PAB)": dataclasses.replace(model_cfg, use_pab=False),
-        "anonymization only (alpha=1)": dataclasses.replace(model_cfg, alpha=1.0),
+        # alpha = 1 keeps every tubelet; without predictors the training drops none either.
+        "anonymization only (alpha=1)": dataclasses.replace(model_cfg, alpha=1.0, use_psb=False),
     }
     for name, ablation_cfg in ablations.items():
         ablation, histories[name] = train_anonymizer(ablation_cfg, cfg, train_set, **sizes)

@@ -3,17 +3,19 @@
 Every video is a grid of ``cell x cell`` squares (``cell`` = the tubelet's spatial size, so a
 tubelet never straddles two kinds of content):
 
-* **Action = motion only.** A bright blob moves with a constant velocity inside a 2x2-cell
-  "actor" region, wrapping around its borders (a torus). The class is the direction of motion.
-  The start position is uniform over the torus, so in *every* frame the blob's position is
-  uniform and independent of the class: no single frame says anything about the action; two
-  frames do.
+* **Action = motion only.** A textured "actor" (a plaid: two crossed sinusoidal gratings) fills
+  a 2x2-cell region and drifts with a constant velocity, wrapping around the region's borders
+  (a torus). The class is the direction of motion. The phase is uniform over the torus, so in
+  *every* frame the texture's position is uniform and independent of the class: no single frame
+  says anything about the action; two frames do (consecutive frames are a quarter period apart).
+  Note what this implies: any linear function of the pixels has the same mean for every class,
+  so a recognizer must combine frames nonlinearly (as real motion recognition does).
 * **Privacy = static appearance.** Five attributes named like VP-HMDB51's (face, skin_color,
   gender, nudity, relationship), each an independent fair coin, each drawn as its own glyph in
   its own cell (placed at random outside the actor region). The glyph's identity says which
   attribute it is; one visible property says its value. Visible in any single frame.
 * **Distractors.** Static clutter cells, cells that flicker at random (motion energy that is not
-  the action), per-pixel noise, random brightness of the blob and the glyphs, and a random layout
+  the action), per-pixel noise, random brightness and contrast of the actor and the glyphs, and a random layout
   per video, so that a model must look at content, not at fixed positions.
 
 Because privacy and action live in different tubelets, dropping the privacy tubelets removes
@@ -24,6 +26,7 @@ same arguments are identical, on any machine, in any worker.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +58,9 @@ class SyntheticSpec:
         size: H = W in pixels; a multiple of ``cell``.
         cell: side of one content cell in pixels (use the tubelet's spatial size).
         num_classes: action classes, 2..8 motion directions.
-        speed: blob displacement per frame in pixels.
+        wavelength: period of the actor's plaid in pixels; divides ``2 * cell``.
+        speed: displacement of the plaid per frame in pixels (a quarter period by default, so
+            consecutive frames are in quadrature and the direction is unambiguous).
         num_static_distractors: cells of static clutter.
         num_flicker_distractors: cells that blink at random frames.
         noise_std: standard deviation of the per-pixel Gaussian noise.
@@ -65,7 +70,8 @@ class SyntheticSpec:
     size: int = 32
     cell: int = 8
     num_classes: int = 4
-    speed: int = 2
+    wavelength: int = 16
+    speed: int = 4
     num_static_distractors: int = 3
     num_flicker_distractors: int = 1
     noise_std: float = 0.05
@@ -77,8 +83,11 @@ class SyntheticSpec:
             raise ValueError(f"size must be a multiple of cell (>= 4), got size={self.size}, cell={self.cell}")
         if not 2 <= self.num_classes <= len(DIRECTIONS):
             raise ValueError(f"num_classes must be in [2, {len(DIRECTIONS)}], got {self.num_classes}")
-        if not 1 <= self.speed < 2 * self.cell:
-            raise ValueError(f"speed must be in [1, {2 * self.cell - 1}] pixels/frame, got {self.speed}")
+        if self.wavelength < 2 or (2 * self.cell) % self.wavelength:
+            raise ValueError(f"wavelength must be >= 2 and divide 2 * cell = {2 * self.cell}, got {self.wavelength}")
+        if self.speed < 1 or (2 * self.speed) % self.wavelength == 0:
+            # A shift of a half period (or a whole one) looks the same in both directions.
+            raise ValueError(f"speed must be >= 1 and not a multiple of wavelength / 2, got {self.speed}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         grid = self.size // self.cell
@@ -155,34 +164,34 @@ def _clutter(cell: int, g: torch.Generator) -> Tensor:
 
 
 def render_actor(
-    side: int, frames: int, velocity: tuple[int, int], y0: int, x0: int, radius: float, brightness: float
+    side: int, frames: int, velocity: tuple[int, int], y0: int, x0: int, wavelength: int, contrast: float,
+    brightness: float,
 ) -> Tensor:
-    """A blob starting at (y0, x0) and moving by ``velocity`` pixels per frame on a
-    ``side x side`` torus: Tensor[3, frames, side, side]. Frame t+1 is frame t rolled by
-    ``velocity``, exactly, because positions and velocities are whole pixels."""
+    """A plaid (a vertical plus a horizontal sinusoidal grating) with phase offsets (y0, x0),
+    drifting by ``velocity`` pixels per frame on a ``side x side`` torus: Tensor[3, frames,
+    side, side]. Frame t+1 is frame t rolled by ``velocity``, exactly, because offsets and
+    velocities are whole pixels and ``wavelength`` divides ``side``."""
     t = torch.arange(frames, dtype=torch.float32)[:, None, None]
-    cy = (y0 + velocity[0] * t) % side
-    cx = (x0 + velocity[1] * t) % side
-    pix = torch.arange(side, dtype=torch.float32) + 0.5
-    # Distances on the torus, so the blob wraps around the region's borders.
-    ddy = torch.remainder(pix[None, :, None] - cy + side / 2, side) - side / 2
-    ddx = torch.remainder(pix[None, None, :] - cx + side / 2, side) - side / 2
-    blob = torch.sigmoid((radius - torch.sqrt(ddy**2 + ddx**2)) * 2.0) * brightness
-    return blob.unsqueeze(0).expand(3, -1, -1, -1)
+    pix = torch.arange(side, dtype=torch.float32)
+    k = 2 * math.pi / wavelength
+    phase_y = k * (pix[None, :, None] - y0 - velocity[0] * t)
+    phase_x = k * (pix[None, None, :] - x0 - velocity[1] * t)
+    plaid = brightness + 0.5 * contrast * (torch.cos(phase_y) + torch.cos(phase_x))
+    return plaid.unsqueeze(0).expand(3, -1, -1, -1)
 
 
 def _actor(spec: SyntheticSpec, label: int, g: torch.Generator) -> Tensor:
     """The actor region of a video of class ``label``, Tensor[3, T, 2*cell, 2*cell].
 
-    The start is uniform over the torus and the other draws ignore the label, so each single
-    frame has the same distribution for every class."""
+    The phase offsets are uniform over the torus and the other draws ignore the label, so each
+    single frame has the same distribution for every class."""
     side = 2 * spec.cell
     y0 = torch.randint(side, (), generator=g).item()
     x0 = torch.randint(side, (), generator=g).item()
-    radius = spec.cell * (0.3 + 0.1 * torch.rand((), generator=g).item())
-    brightness = 0.75 + 0.25 * torch.rand((), generator=g).item()
+    contrast = 0.2 + 0.1 * torch.rand((), generator=g).item()
+    brightness = 0.45 + 0.15 * torch.rand((), generator=g).item()
     velocity = (DIRECTIONS[label][0] * spec.speed, DIRECTIONS[label][1] * spec.speed)
-    return render_actor(side, spec.frames, velocity, y0, x0, radius, brightness)
+    return render_actor(side, spec.frames, velocity, y0, x0, spec.wavelength, contrast, brightness)
 
 
 # Codes of the layout map returned by make_video(..., return_layout=True).
