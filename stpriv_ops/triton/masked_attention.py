@@ -5,8 +5,10 @@ Math (DESIGN.md, masked_attention): ``S = scale * q k^T``, ``m_i = max_j S_ij`` 
 ``P_ij = (w_ij e_ij + eps/N) / Z_i``, ``out_i = sum_j P_ij v_j``.
 
 Forward: one program per (query block, batch*head); an online softmax over key blocks keeps the
-running max, the weighted sum ``z`` and the accumulator, all rescaled to the newest max, and adds the
-``eps`` terms once after the loop: ``out = (acc + eps/N * sum_j v_j) / (z + eps)``. Never N x N.
+weighted sum ``z`` and the accumulator relative to the running max of ``S_ij + log w_ij`` (so the
+largest weighted probability is 1, which fp16 needs), and a second running max over all scores,
+the op's ``m_i``, which the absolute eps term needs. After the loop both are brought to ``m_i`` and
+the eps terms added once: ``out = (acc + eps/N * sum_j v_j) / (z + eps)``. Never N x N.
 
 Backward, three launches, no atomics anywhere (bitwise deterministic):
   1. ``_masked_attention_bwd_preprocess_kernel``: ``delta_i = dout_i . out_i`` and, for the eps
@@ -47,6 +49,9 @@ from .._checks import check_nonempty, check_same_device, check_shape, check_tens
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+# Kernels may read globals only when they are constexpr.
+_LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(LN2)
 MAX_HEAD_DIM = 128
 # Under Triton's interpreter every tl op is a numpy call: one small configuration, no autotuning.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -174,7 +179,7 @@ def _masked_attention_fwd_kernel(
     out_ptrs = _row_ptrs(Out_ptr, off_b, off_h, offs_m, offs_d, stride_ob, stride_oh, stride_on, stride_od)
     tl.store(out_ptrs, out.to(Out_ptr.dtype.element_ty), mask=row_valid[:, None])
     stats = off_bh.to(tl.int64) * N + offs_m
-    tl.store(RowMax_ptr + stats, mx_i * LN2, mask=row_valid)  # back from log2 units
+    tl.store(RowMax_ptr + stats, mx_i * _LN2, mask=row_valid)  # back from log2 units
     tl.store(RowSum_ptr + stats, z_total, mask=row_valid)
 
 
@@ -231,7 +236,7 @@ def _bwd_dkdv_inner(
         qT = tl.load(qT_ptrs + start_m * stride_qn, mask=row_valid[None, :], other=0.0)
         do = tl.load(do_ptrs + start_m * stride_don, mask=row_valid[:, None], other=0.0)
         # log2 of m_i + log Z_i: one exp2 then gives e_ij / Z_i directly
-        lse2 = (tl.load(RowMax_ptr + stats_ptr + rows, mask=row_valid, other=0.0) * LOG2E
+        lse2 = (tl.load(RowMax_ptr + stats_ptr + rows, mask=row_valid, other=0.0) * _LOG2E
                 + tl.log2(tl.load(RowSum_ptr + stats_ptr + rows, mask=row_valid, other=1.0)))
         delta = tl.load(Delta_ptr + stats_ptr + rows, mask=row_valid, other=0.0)
 
@@ -377,7 +382,7 @@ def _masked_attention_bwd_dq_kernel(
     do = tl.load(_row_ptrs(DO_ptr, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_don, stride_dod),
                  mask=row_valid[:, None], other=0.0)
     stats = off_bh.to(tl.int64) * N + offs_m
-    lse2 = (tl.load(RowMax_ptr + stats, mask=row_valid, other=0.0) * LOG2E
+    lse2 = (tl.load(RowMax_ptr + stats, mask=row_valid, other=0.0) * _LOG2E
             + tl.log2(tl.load(RowSum_ptr + stats, mask=row_valid, other=1.0)))
     delta = tl.load(Delta_ptr + stats, mask=row_valid, other=0.0)
     k_ptrs = _row_ptrs(K_ptr, off_b, off_h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
@@ -412,59 +417,53 @@ def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     ]
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages), the first of each list being the default when
-# autotuning is off. Forward: big query tiles amortize the K/V stream. dkdv: key tile large, query
-# step small (the Triton fused-attention tutorial's 32 x 128 and neighbours); dq: the mirror image.
-_FWD_CONFIGS = _configs([
-    (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4),
-])
-_DKDV_CONFIGS = _configs([(32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3)])
-_DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3)])
-CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
-# Autotuning compiles every config once per (N, head dim, dtype): tens of seconds per new shape.
+# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) for H100/H200, per head-dim class;
+# the first of each list is the default when autotuning is off. Chosen by compiling for sm_90 with
+# Triton 3.9 and reading registers and spills (cuobjdump --dump-resource-usage): tiles that spill
+# are left out. Forward: big query tiles amortize the K/V stream. dkdv: large key tile, small query
+# step (the Triton fused-attention tutorial's 32 x 128); dq: the mirror image.
+CONFIGS = {
+    "fwd": {
+        "d<=64": _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4)]),
+        "d=128": _configs([(128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 4)]),
+    },
+    "dkdv": {
+        "d<=64": _configs([(32, 128, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2)]),
+        "d=128": _configs([(32, 64, 8, 2), (16, 128, 8, 2), (32, 128, 8, 2)]),
+    },
+    "dq": {
+        "d<=64": _configs([(128, 32, 8, 2), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]),
+        "d=128": _configs([(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3)]),
+    },
+}
+# Autotuning compiles every candidate once per (N, head dim, dtype): tens of seconds per new shape.
 # STPRIV_TRITON_AUTOTUNE=0 takes each list's first config instead (quick checks, CI on a GPU).
 _AUTOTUNE = os.environ.get("STPRIV_TRITON_AUTOTUNE", "1") != "0"
 
 
-# Per stage: the tile dimension that sizes the float32 accumulators, and how many there are
-# (fwd: acc; dkdv: dk and dv; dq: dq).
-_ACCUMULATORS = {"fwd": ("BLOCK_M", 1), "dkdv": ("BLOCK_N", 2), "dq": ("BLOCK_M", 1)}
-# float32 values per thread for the accumulators plus one BLOCK_M x BLOCK_N score tile; beyond
-# this (of 255 registers) the kernel spills. The tutorial's tiles at head dim 64 stay below it.
-_MAX_TILE_REGISTERS = 192
-
-
-def _pruner(stage: str):
-    rows_key, count = _ACCUMULATORS[stage]
-
-    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-        """Drops tiles much larger than the sequence and tiles whose accumulators would spill."""
-        n_cap = max(16, triton.next_power_of_2(named_args["N"]))
-        head_dim = kwargs["HEAD_DIM"]
-        kept = [
-            c for c in configs
-            if c.kwargs["BLOCK_M"] <= n_cap and c.kwargs["BLOCK_N"] <= n_cap
-            and count * c.kwargs[rows_key] * head_dim + c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]
-            <= _MAX_TILE_REGISTERS * 32 * c.num_warps
-        ]
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
-
-    return prune
+def candidate_configs(stage: str, head_dim: int, n: int) -> list[triton.Config]:
+    """The autotuning candidates of a stage ("fwd", "dkdv", "dq") for this head dim and length."""
+    configs = CONFIGS[stage]["d<=64" if head_dim <= 64 else "d=128"]
+    n_cap = max(16, triton.next_power_of_2(n))  # no tile far beyond the sequence
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= n_cap and c.kwargs["BLOCK_N"] <= n_cap]
+    return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
 def _autotuned(kernel, stage: str):
+    def prune(configs, named_args, **kwargs):
+        allowed = candidate_configs(stage, kwargs["HEAD_DIM"], named_args["N"])
+        return [c for c in configs if any(c is a for a in allowed)]
+
     return triton.autotune(
-        configs=CONFIGS[stage],
+        configs=[c for group in CONFIGS[stage].values() for c in group],
         key=["N", "HEAD_DIM", "DOT_PRECISION"],
-        prune_configs_by={"early_config_prune": _pruner(stage)},
+        prune_configs_by={"early_config_prune": prune},
     )(kernel)
 
 
 _fwd_tuned = _autotuned(_masked_attention_fwd_kernel, "fwd")
 _dkdv_tuned = _autotuned(_masked_attention_bwd_dkdv_kernel, "dkdv")
 _dq_tuned = _autotuned(_masked_attention_bwd_dq_kernel, "dq")
-
-
 _PREPROCESS_BLOCK = INTERPRETER_BLOCKS["preprocess"] if _INTERPRET else 64
 _MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which carries batch * heads
 
@@ -479,7 +478,7 @@ def _launch(kernel, tuned, stage: str, length: int, tile: str, batch_heads: int,
     if fixed is None and _INTERPRET:
         fixed = INTERPRETER_BLOCKS[stage]
     if fixed is None and not _AUTOTUNE:
-        fixed = _pruner(stage)(CONFIGS[stage], {"N": length}, **kwargs)[0]
+        fixed = candidate_configs(stage, kwargs["HEAD_DIM"], length)[0]
     if fixed is None:
         tuned[lambda meta: (triton.cdiv(length, meta[tile]), batch_heads)](*args, **kwargs)
         return
