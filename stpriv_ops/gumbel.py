@@ -3,8 +3,9 @@
 ``gumbel_keep`` and ``gumbel_topk`` are ``torch.ops.stpriv`` ops (schemas in csrc/ops.cpp; C++ in
 csrc/cpu/gumbel.cpp; Triton in stpriv_ops/triton/gumbel.py). Noise is either passed in
 explicitly (exact tests) or generated inside the kernel by counter-based Philox (the 10-round
-Philox-4x32 of ``triton.language.randint``) keyed by a seed drawn from the generator: one uniform
-per token, no noise tensor in memory, and the same seed gives the same decisions every call.
+Philox-4x32 of ``triton.language.randint4x``) keyed by a seed drawn from the generator: one uniform
+per token, no noise tensor in memory, the same seed gives the same decisions every call, and the
+CPU and CUDA kernels draw identical uniforms for one seed.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def draw_seed(generator: torch.Generator | None = None) -> Tensor:
     """One int64 seed (a 0-dim tensor) for the in-kernel Philox RNG, drawn from ``generator``
     (the default CPU generator when None, so ``torch.manual_seed`` makes runs reproducible)."""
     device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randint(0, 2**62, (), generator=generator, device=device, dtype=torch.int64)
+    # Always >= 2^32: Triton compiles one kernel per integer width of an argument, and this keeps
+    # the seed a 64-bit one.
+    return torch.randint(2**32, 2**62, (), generator=generator, device=device, dtype=torch.int64)
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:

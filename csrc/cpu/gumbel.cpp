@@ -2,8 +2,8 @@
 // (DESIGN.md §gumbel_keep; paper Eq. 6).
 //
 // Noise is either given (exact tests) or generated here: one uniform per token from counter-based
-// Philox-4x32-10 keyed by the seed, counter = the token's flat index. It is the generator of
-// triton.language.randint, so the Triton kernels draw the very same uniforms on the GPU.
+// Philox-4x32-10 keyed by the seed (token i: output i % 4 of counter i / 4). It is the generator of
+// triton.language.randint4x, so the Triton kernels draw the very same uniforms on the GPU.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -23,9 +23,9 @@
 namespace stpriv {
 namespace {
 
-// First 32-bit output of Philox-4x32 with 10 rounds, counter (offset, 0, 0), key = seed,
-// exactly as triton.language.randint(seed, offset) computes it.
-inline uint32_t philox_randint(uint64_t seed, uint64_t offset) {
+// Philox-4x32 with 10 rounds, counter (offset, 0, 0), key = seed: the four 32-bit outputs of
+// triton.language.randint4x(seed, offset), bit for bit.
+inline void philox4x32(uint64_t seed, uint64_t offset, uint32_t out[4]) {
   constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
   constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
   uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
@@ -39,18 +39,38 @@ inline uint32_t philox_randint(uint64_t seed, uint64_t offset) {
     k0 += kKeyA;
     k1 += kKeyB;
   }
-  return c0;
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
 
-// A uniform in the open interval (0, 1): 23 random bits, centred in their bucket, so the
-// logarithms below stay finite. Exact in float32: (2m + 1) * 2^-24 with 2m + 1 < 2^24.
-inline float philox_uniform(uint64_t seed, uint64_t offset) {
-  const uint32_t bits = philox_randint(seed, offset) >> 9;
-  return static_cast<float>(bits) * 0x1p-23f + 0x1p-24f;
-}
+// Uniforms for token indices visited in increasing order: token i takes output i % 4 of Philox
+// counter i / 4 (one Philox call per four tokens), as the Triton kernels do with randint4x.
+class PhiloxUniforms {
+ public:
+  explicit PhiloxUniforms(uint64_t seed) : seed_(seed) {}
 
-// log(1 - u) rather than log1p(-u): 1 - u is exact here, and the Triton kernel computes the same.
-inline float logistic_from_uniform(float u) { return std::log(u) - std::log(1.0f - u); }
+  // A uniform in the open interval (0, 1): 23 random bits, centred in their bucket, so the
+  // logarithms below stay finite. Exact in float32: (2m + 1) * 2^-24 with 2m + 1 < 2^24.
+  float operator()(uint64_t index) {
+    const uint64_t counter = index >> 2;
+    if (counter != counter_) {
+      philox4x32(seed_, counter, bits_);
+      counter_ = counter;
+    }
+    return static_cast<float>(bits_[index & 3] >> 9) * 0x1p-23f + 0x1p-24f;
+  }
+
+ private:
+  uint64_t seed_;
+  uint64_t counter_ = ~uint64_t(0);
+  uint32_t bits_[4] = {0, 0, 0, 0};
+};
+
+// Logistic(0, 1) = log(u) - log(1 - u), as one logarithm; 1 - u is exact for these u. The Triton
+// kernel computes the same expression.
+inline float logistic_from_uniform(float u) { return std::log(u / (1.0f - u)); }
 inline float gumbel_from_uniform(float u) { return -std::log(-std::log(u)); }
 
 at::ScalarType noise_dtype(at::ScalarType dtype) {
@@ -101,8 +121,9 @@ std::tuple<at::Tensor, at::Tensor> gumbel_keep_cpu(const at::Tensor& log_probs_i
     scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
     acc_t* zp = logit.mutable_data_ptr<acc_t>();
     at::parallel_for(0, count, grain_for(np ? 2 : 16), [&](int64_t begin, int64_t end) {
+      PhiloxUniforms uniform(seed_value);
       for (int64_t i = begin; i < end; ++i) {
-        const acc_t g = np ? np[i] : static_cast<acc_t>(logistic_from_uniform(philox_uniform(seed_value, i)));
+        const acc_t g = np ? np[i] : static_cast<acc_t>(logistic_from_uniform(uniform(i)));
         // Same operations in the same order as the reference, so explicit noise matches bit for bit.
         const acc_t z = (static_cast<acc_t>(lpp[2 * i]) - static_cast<acc_t>(lpp[2 * i + 1])) + g;
         const acc_t hard = z > acc_t(0) ? acc_t(1) : acc_t(0);
@@ -183,11 +204,12 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& score_in, i
     at::parallel_for(0, B * L, grain_for(N * (np ? 8 : 24)), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> perturbed(N), ranked(N);
       std::vector<int64_t> order(N);
+      PhiloxUniforms uniform(seed_value);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t base = row * N;
         acc_t row_max = -std::numeric_limits<acc_t>::infinity();
         for (int64_t n = 0; n < N; ++n) {
-          const acc_t g = np ? np[base + n] : static_cast<acc_t>(gumbel_from_uniform(philox_uniform(seed_value, base + n)));
+          const acc_t g = np ? np[base + n] : static_cast<acc_t>(gumbel_from_uniform(uniform(base + n)));
           perturbed[n] = static_cast<acc_t>(sp[base + n]) + g;
           ranked[n] = std::isnan(perturbed[n]) ? std::numeric_limits<acc_t>::infinity() : perturbed[n];
           row_max = std::max(row_max, perturbed[n] / tau_acc);

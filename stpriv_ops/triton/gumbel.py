@@ -1,8 +1,9 @@
 """Triton kernels of ``stpriv.gumbel_keep`` and ``stpriv.gumbel_topk`` (DESIGN.md §gumbel_keep; Eq. 6).
 
 The noise is either read from a given tensor or generated in the kernel: one uniform per token
-from ``tl.randint(seed, flat_index)`` (Philox-4x32-10), mapped to the open interval (0, 1) the way
-csrc/cpu/gumbel.cpp does, so CPU and GPU draw identical uniforms for one seed. gumbel_keep is
+from Philox-4x32-10 (``tl.randint4x``; token i takes output i % 4 of counter i // 4), mapped to
+the open interval (0, 1) the way csrc/cpu/gumbel.cpp does, so CPU and GPU draw identical uniforms
+for one seed. gumbel_keep is
 elementwise (one launch forward, one backward; the backward needs only the saved perturbed logit
 ``z``). gumbel_topk runs one program per (b, l) row: softmax for the straight-through gradient and
 the top-k by ranks (stpriv_ops/triton/topk.py), its perturbed values staged in the ``soft`` buffer.
@@ -19,8 +20,14 @@ from .topk import _nan_to_inf, _rank_in_row
 
 @triton.jit
 def _philox_uniform(seed, offsets):
-    """Uniforms in (0, 1): 23 random bits centred in their bucket, exact in float32."""
-    bits = tl.randint(seed, offsets).to(tl.uint32, bitcast=True) >> 9
+    """Uniforms in (0, 1): 23 random bits centred in their bucket, exact in float32.
+
+    Token i takes output i % 4 of Philox counter i // 4, like csrc/cpu/gumbel.cpp, whose CPU loop
+    thus needs one Philox call per four tokens."""
+    r0, r1, r2, r3 = tl.randint4x(seed, offsets // 4)
+    lane = offsets % 4
+    bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    bits = bits.to(tl.uint32, bitcast=True) >> 9
     return bits.to(tl.float32) * 1.1920928955078125e-07 + 5.960464477539063e-08
 
 
@@ -39,7 +46,7 @@ def _gumbel_keep_fwd_kernel(
         noise = tl.load(Noise_ptr + offs, mask=valid, other=0.0).to(compute)
     else:
         u = _philox_uniform(seed, offs)
-        noise = (tl.log(u) - tl.log(1.0 - u)).to(compute)  # Logistic(0, 1) = g0 - g1
+        noise = tl.log(u / (1.0 - u)).to(compute)  # Logistic(0, 1) = g0 - g1
     z = (lp0 - lp1) + noise
     hard = tl.where(z > 0.0, 1.0, 0.0).to(compute)
     tl.store(Logit_ptr + offs, z, mask=valid)
