@@ -14,7 +14,9 @@ from stprivacy.train import TrainConfig, build_dataset, train_anonymizer
 from stprivacy.train.checkpoint import load_latest
 from stprivacy.train.distributed import ResumableBatches
 from stprivacy.train.loop import NonFiniteLossError
-from train_fixtures import TINY_MODEL, TINY_TRAIN
+from train_fixtures import TINY_MODEL, TINY_TRAIN, one_thread
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def _run_cli(tmp_path, capsys, config: dict | str, *extra: str) -> str:

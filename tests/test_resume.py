@@ -8,13 +8,17 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
+from stprivacy.cli import main as cli_main
 from stprivacy.model import STPrivacyConfig
 from stprivacy.train import TrainConfig, build_dataset, load_checkpoint, train_anonymizer
 from stprivacy.train.checkpoint import load_latest
 from stprivacy.train.run_log import read_csv
-from train_fixtures import ROOT, TINY_MODEL, TINY_TRAIN, cli, cli_env, write_config
+from train_fixtures import ROOT, TINY_MODEL, TINY_TRAIN, cli_env, one_thread, write_config
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 # 24 videos / batch 8 = 3 steps per epoch; a checkpoint after every step.
 RUN = dict(dataset_kwargs={"train_videos": 24, "test_videos": 8}, init_epochs=1, adv_epochs=1, eval_epochs=1,
@@ -35,18 +39,18 @@ def _assert_same_weights(a, b):
             assert torch.equal(t, b["recognizers"][rec][name]), (rec, name)
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, capsys):
+    # The victim runs in its own process (so it can be SIGKILLed); the resumption and the
+    # uninterrupted reference run here, on one thread like the victim (already-warm imports).
     config = write_config(tmp_path / "run.json", **RUN)
-    reference = subprocess.Popen(_train_cmd(config, tmp_path / "reference"), cwd=ROOT, env=cli_env(),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = subprocess.Popen(_train_cmd(config, tmp_path / "victim"), cwd=ROOT, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # Kill as soon as the second checkpoint exists (after step 2 of the 3 in epoch 1).
     deadline = time.monotonic() + 200
     while not (tmp_path / "victim" / "last.prev.pt").exists():
-        assert victim.poll() is None, "the run ended before it could be killed"
+        assert victim.poll() is None, f"the run ended before it could be killed: {victim.stderr.read()}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+        time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=30) == -signal.SIGKILL
     assert not (tmp_path / "victim" / "report.json").exists()
@@ -54,10 +58,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     left = load_latest(tmp_path / "victim")
     # step 1 when the kill landed between moving last.pt aside and writing the new one
     assert left["phase"] == "initialization" and 1 <= left["step"] < 3, left["progress"]
-    resumed = cli(*_train_cmd(config, tmp_path / "victim", "--resume")[3:])
-    assert "resuming" in resumed.stdout
-    out, _ = reference.communicate(timeout=240)
-    assert reference.returncode == 0, out
+    assert cli_main(_train_cmd(config, tmp_path / "victim", "--resume")[3:]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert cli_main(_train_cmd(config, tmp_path / "reference")[3:]) == 0
 
     for phase in ("initialization", "adversarial"):
         _assert_same_weights(load_checkpoint(tmp_path / "victim" / f"{phase}.pt"),

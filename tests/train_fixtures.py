@@ -37,3 +37,16 @@ def cli(*args: str, timeout: float = 240, check: bool = True) -> subprocess.Comp
     if check and res.returncode != 0:
         raise AssertionError(f"stprivacy {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
+
+
+def one_thread():
+    """Generator for an autouse fixture: tiny models run fastest on one intra-op thread, and far
+    faster than on several when the machine's cores are busy (OpenMP threads then spin)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

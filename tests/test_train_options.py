@@ -1,0 +1,115 @@
+"""Options for real runs: seeded reproducibility, bf16 autocast, gradient clipping, gradient
+accumulation, CSV / TensorBoard logs, torch.compile."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from stprivacy.model import STPrivacy, STPrivacyConfig
+from stprivacy.train import TrainConfig, build_dataset, train_anonymizer, train_initialization
+from stprivacy.train.common import clip_and_step, make_recognizer
+from stprivacy.train.run_log import read_csv
+from train_fixtures import TINY_MODEL, TINY_TRAIN, one_thread
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+MODEL = STPrivacyConfig.small(**{k: v for k, v in TINY_MODEL.items() if k != "preset"})
+
+
+def _cfg(**overrides) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY_TRAIN, **overrides})
+
+
+def _data(cfg: TrainConfig):
+    geometry = {"frames": MODEL.frames, "image_size": MODEL.image_size, "tubelet": MODEL.tubelet}
+    return build_dataset(cfg.dataset, "train", geometry, **cfg.dataset_kwargs)
+
+
+def _run(tmp_path, name, model_cfg=MODEL, **overrides):
+    cfg = _cfg(**overrides)
+    data = _data(cfg)
+    model, history = train_anonymizer(model_cfg, cfg, data, out_dir=tmp_path / name, num_classes=data.num_classes,
+                                      num_attributes=data.num_attributes)
+    return model, history, read_csv(tmp_path / name / "metrics.csv") if cfg.log == "csv" else None
+
+
+def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
+    a, _, log_a = _run(tmp_path, "a", seed=3)
+    b, _, log_b = _run(tmp_path, "b", seed=3)
+    _, _, log_c = _run(tmp_path, "c", seed=4, adv_epochs=0)
+    assert log_a == log_b  # every logged value of every step, bit for bit
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    assert log_a[("initialization", "loss_action")] != log_c[("initialization", "loss_action")]
+    assert len(log_a[("adversarial", "loss_privacy")]) == 2  # 16 videos / batch 8, log_every 1
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    # Without the PSB predictors there is no Gumbel noise, so 2 micro-batches of 4 must give what
+    # one batch of 8 gives, up to float32 summation order.
+    model_cfg = dataclasses.replace(MODEL, use_psb=False)
+    full, _, log_full = _run(tmp_path, "full", model_cfg, grad_accum_steps=1, adv_epochs=0)
+    accum, _, log_accum = _run(tmp_path, "accum", model_cfg, grad_accum_steps=2, adv_epochs=0)
+    steps_full = [v for _, v in log_full[("initialization", "loss_action")]]
+    steps_accum = [v for _, v in log_accum[("initialization", "loss_action")]]
+    assert steps_full == pytest.approx(steps_accum, rel=1e-5)
+    for name, tensor in full.state_dict().items():
+        torch.testing.assert_close(accum.state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_runs_the_model_in_bfloat16():
+    cfg = _cfg(precision="bf16", init_epochs=1, log="none")
+    torch.manual_seed(0)
+    model = STPrivacy(MODEL)
+    action_rec = make_recognizer(MODEL, cfg, 4, multilabel=False)
+    dtypes = set()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    handles = [m.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype)) for m in linears]
+    history = train_initialization(model, action_rec, _data(cfg), cfg)
+    for handle in handles:
+        handle.remove()
+    assert dtypes == {torch.bfloat16}
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in history.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+
+    fp32 = train_initialization(STPrivacy(MODEL), make_recognizer(MODEL, cfg, 4, multilabel=False), _data(cfg),
+                                dataclasses.replace(cfg, precision="fp32"))
+    assert fp32["loss_action"] == pytest.approx(history["loss_action"], abs=0.05)
+
+
+def test_gradient_clipping_bounds_the_global_norm():
+    layer = nn.Linear(8, 8)
+    (layer(torch.randn(4, 8)) * 1000).sum().backward()
+    before = torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.0)
+    clip_and_step(optimizer, _cfg(grad_clip=0.5))
+    after = torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+    assert before > 10 and after == pytest.approx(0.5, rel=1e-4)
+    (layer(torch.randn(4, 8)) * 1000).sum().backward()
+    norm = torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+    clip_and_step(optimizer, _cfg(grad_clip=0.0))  # 0 = off
+    assert torch.cat([p.grad.flatten() for p in layer.parameters()]).norm() == norm
+
+
+def test_csv_log_every_and_tensorboard(tmp_path):
+    _, _, log = _run(tmp_path, "csv", log_every=2, adv_epochs=0,
+                     dataset_kwargs={"train_videos": 32, "test_videos": 8})
+    assert [s for s, _ in log[("initialization", "loss_spars")]] == [2, 4]
+    _run(tmp_path, "tb", log="tensorboard", adv_epochs=0)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard")).Reload()
+    assert {"initialization/loss_action", "initialization/keep"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("initialization/loss_action")] == [1, 2]
+
+
+@pytest.mark.skipif(not os.environ.get("STPRIV_TEST_COMPILE"),
+                    reason="torch.compile of the training step takes minutes on a CPU; STPRIV_TEST_COMPILE=1 runs it")
+def test_compile_gives_the_eager_losses(tmp_path):
+    _, eager, _ = _run(tmp_path, "eager", log="none", adv_epochs=0)
+    _, compiled, _ = _run(tmp_path, "compiled", log="none", adv_epochs=0, compile=True)
+    assert compiled["loss_action"] == pytest.approx(eager["loss_action"], rel=1e-4)
