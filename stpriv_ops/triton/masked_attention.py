@@ -30,9 +30,10 @@ any rounding to the input dtype: ``e_ij / Z_i`` and ``e_ij g_ij`` are unbounded 
 (it can outscore every kept one), ``w_ij e_ij / Z_i = P_ij`` is not.
 
 Precision: float32 accumulation; probabilities and ``dS`` enter the second matmul in the input
-dtype, as in flash attention. float32 inputs use IEEE fp32 products when
-``torch.get_float32_matmul_precision() == "highest"`` (PyTorch's default) and TF32 otherwise, so
-``torch.set_float32_matmul_precision("high")`` speeds them up the way it does ``torch.matmul``.
+dtype, as in flash attention. float32 inputs use 3xTF32 products (about fp32's accuracy, on tensor
+cores) when ``torch.get_float32_matmul_precision() == "highest"`` (PyTorch's default) and one TF32
+product otherwise, so ``torch.set_float32_matmul_precision("high")`` speeds them up the way it
+does ``torch.matmul``.
 float64 inputs, which only gradcheck-style checks use, run the PyTorch reference instead.
 """
 from __future__ import annotations
@@ -417,23 +418,27 @@ def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     ]
 
 
-# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) for H100/H200, per head-dim class;
+# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) for H100/H200, per class of
+# inputs (16-bit with head dim <= 64 or 128; float32, whose 3xTF32 products need more registers);
 # the first of each list is the default when autotuning is off. Chosen by compiling for sm_90 with
 # Triton 3.9 and reading registers and spills (cuobjdump --dump-resource-usage): tiles that spill
-# are left out. Forward: big query tiles amortize the K/V stream. dkdv: large key tile, small query
-# step (the Triton fused-attention tutorial's 32 x 128); dq: the mirror image.
+# much are left out. Forward: big query tiles amortize the K/V stream. dkdv: large key tile, small
+# query step (the Triton fused-attention tutorial's 32 x 128); dq: the mirror image.
 CONFIGS = {
     "fwd": {
         "d<=64": _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4)]),
         "d=128": _configs([(128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 4)]),
+        "fp32": _configs([(128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 3)]),
     },
     "dkdv": {
         "d<=64": _configs([(32, 128, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2)]),
         "d=128": _configs([(32, 64, 8, 2), (16, 128, 8, 2), (32, 128, 8, 2)]),
+        "fp32": _configs([(16, 64, 4, 2), (32, 128, 8, 3), (32, 128, 8, 2)]),
     },
     "dq": {
         "d<=64": _configs([(128, 32, 8, 2), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]),
         "d=128": _configs([(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3)]),
+        "fp32": _configs([(128, 32, 8, 2), (64, 32, 4, 2)]),
     },
 }
 # Autotuning compiles every candidate once per (N, head dim, dtype): tens of seconds per new shape.
@@ -441,9 +446,10 @@ CONFIGS = {
 _AUTOTUNE = os.environ.get("STPRIV_TRITON_AUTOTUNE", "1") != "0"
 
 
-def candidate_configs(stage: str, head_dim: int, n: int) -> list[triton.Config]:
-    """The autotuning candidates of a stage ("fwd", "dkdv", "dq") for this head dim and length."""
-    configs = CONFIGS[stage]["d<=64" if head_dim <= 64 else "d=128"]
+def candidate_configs(stage: str, head_dim: int, n: int, dtype: torch.dtype) -> list[triton.Config]:
+    """The autotuning candidates of a stage ("fwd", "dkdv", "dq") for these inputs."""
+    group = "fp32" if dtype == torch.float32 else "d<=64" if head_dim <= 64 else "d=128"
+    configs = CONFIGS[stage][group]
     n_cap = max(16, triton.next_power_of_2(n))  # no tile far beyond the sequence
     fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= n_cap and c.kwargs["BLOCK_N"] <= n_cap]
     return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
@@ -451,7 +457,7 @@ def candidate_configs(stage: str, head_dim: int, n: int) -> list[triton.Config]:
 
 def _autotuned(kernel, stage: str):
     def prune(configs, named_args, **kwargs):
-        allowed = candidate_configs(stage, kwargs["HEAD_DIM"], named_args["N"])
+        allowed = candidate_configs(stage, kwargs["HEAD_DIM"], named_args["N"], named_args["Q_ptr"].dtype)
         return [c for c in configs if any(c is a for a in allowed)]
 
     return triton.autotune(
@@ -478,7 +484,7 @@ def _launch(kernel, tuned, stage: str, length: int, tile: str, batch_heads: int,
     if fixed is None and _INTERPRET:
         fixed = INTERPRETER_BLOCKS[stage]
     if fixed is None and not _AUTOTUNE:
-        fixed = candidate_configs(stage, kwargs["HEAD_DIM"], length)[0]
+        fixed = candidate_configs(stage, kwargs["HEAD_DIM"], length, args[0].dtype)[0]  # args[0] is q
     if fixed is None:
         tuned[lambda meta: (triton.cdiv(length, meta[tile]), batch_heads)](*args, **kwargs)
         return
@@ -510,9 +516,12 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, eps: float) -> 
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
+    # fp16/bf16 ignore it. fp32 follows torch.set_float32_matmul_precision: "highest" gets three
+    # TF32 products per product (fp32-level error on tensor cores; "ieee" would run on FMA units
+    # and spill kilobytes per thread at these tiles), "high"/"medium" one.
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"  # fp16/bf16 ignore it; fp32 follows torch.set_float32_matmul_precision
+        return "tf32x3"
+    return "tf32"
 
 
 def _pad_head_dim(t: Tensor, head_dim: int) -> Tensor:
