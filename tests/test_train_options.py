@@ -112,4 +112,4 @@ def test_csv_log_every_and_tensorboard(tmp_path):
 def test_compile_gives_the_eager_losses(tmp_path):
     _, eager, _ = _run(tmp_path, "eager", log="none", adv_epochs=0)
     _, compiled, _ = _run(tmp_path, "compiled", log="none", adv_epochs=0, compile=True)
-    assert compiled["loss_action"] == pytest.approx(eager["loss_action"], rel=1e-4)
+    assert compiled["initialization"]["loss_action"] == pytest.approx(eager["initialization"]["loss_action"], rel=1e-4)
