@@ -103,19 +103,32 @@ at::Tensor scatter_tokens_cpu(const at::Tensor& y_in, const at::Tensor& idx_in, 
   TORCH_CHECK(y_in.size(1) == L * k, "scatter_tokens: y must have L*k = ", L * k, " tokens, got ", y_in.size(1));
   const at::Tensor idx = checked_index("scatter_tokens", idx_in, B, N);
   const at::Tensor y = y_in.contiguous();
-  at::Tensor out = at::zeros({B, L * N, D}, y.options());
+  // Every output row is written exactly once (a copy, a sum of repeats, or zeros), so the output
+  // is not zero-filled first: that would write the whole [B, L*N, D] grid twice.
+  at::Tensor out = at::empty({B, L * N, D}, y.options());
   const int64_t* ip = idx.const_data_ptr<int64_t>();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "scatter_tokens_cpu", [&] {
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* outp = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * L, grain_for(2 * k * D), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, grain_for(2 * N * D), [&](int64_t begin, int64_t end) {
+      std::vector<char> written(N);
       for (int64_t bl = begin; bl < end; ++bl) {
-        const int64_t b = bl / L, l = bl % L;
+        scalar_t* step_out = outp + bl * N * D;  // rows b*L*N + l*N .. + N - 1
+        std::fill(written.begin(), written.end(), 0);
         for (int64_t j = 0; j < k; ++j) {
+          const int64_t n = ip[bl * k + j];
           const scalar_t* __restrict src = yp + (bl * k + j) * D;
-          scalar_t* __restrict dst = outp + (b * L * N + l * N + ip[bl * k + j]) * D;
-          for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
+          scalar_t* __restrict dst = step_out + n * D;
+          if (!written[n]) {
+            std::memcpy(dst, src, D * sizeof(scalar_t));
+            written[n] = 1;
+          } else {
+            for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          if (!written[n]) std::memset(step_out + n * D, 0, D * sizeof(scalar_t));
         }
       }
     });
