@@ -9,6 +9,7 @@ a relative 1e-6 to stay meaningful if a backend ever reorders that sum.
 """
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -16,10 +17,13 @@ import sys
 import pytest
 import torch
 
+from stprivacy.cli import main as cli_main
 from stprivacy.train import distributed
 from stprivacy.train.distributed import ResumableBatches, micro_batches, shard_generator
 from stprivacy.train.run_log import read_csv
-from train_fixtures import ROOT, cli, cli_env, write_config
+from train_fixtures import ROOT, cli_env, one_thread, write_config
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 TOLERANCE = 1e-6  # relative, per logged value; measured: 0 (bitwise equal)
 
@@ -76,15 +80,16 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     config = write_config(tmp_path / "run.json")
     torchrun = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "stprivacy.cli", "train", "--config", str(config), "--out", str(tmp_path / "ddp"),
-         "--skip-evaluation"],
+         "-m", "stprivacy.cli", "train", "--config", str(config), "--out", str(tmp_path / "ddp")],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=240)
     assert torchrun.returncode == 0, torchrun.stdout + torchrun.stderr
-    cli("train", "--config", str(config), "--out", str(tmp_path / "single"), "--skip-evaluation", "--grad-accum", "2")
+    # the reference runs here, on one thread like each rank
+    assert cli_main(["train", "--config", str(config), "--out", str(tmp_path / "single"), "--grad-accum", "2"]) == 0
 
     ddp, single = read_csv(tmp_path / "ddp" / "metrics.csv"), read_csv(tmp_path / "single" / "metrics.csv")
     assert ddp.keys() == single.keys()
     assert ("initialization", "loss_action") in ddp and ("adversarial", "loss_privacy") in ddp
+    assert ("evaluation/stprivacy alpha=0.7", "loss_privacy") in ddp  # the fresh recognizers of phase 3
     for key in ddp:
         assert [s for s, _ in ddp[key]] == [s for s, _ in single[key]], key
         for (_, a), (_, b) in zip(ddp[key], single[key]):
@@ -95,3 +100,8 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     for name, tensor in a["model"].items():
         torch.testing.assert_close(tensor, b["model"][name], rtol=TOLERANCE, atol=1e-7)
     assert a["shards"] == b["shards"] == 2
+    # phase 3: the test metrics, from logits gathered over both ranks
+    result_ddp = json.loads((tmp_path / "ddp" / "report.json").read_text())["evaluation"]["0.7"]
+    result_single = json.loads((tmp_path / "single" / "report.json").read_text())["evaluation"]["0.7"]
+    for key in ("top1", "f1", "cmap", "kept"):
+        assert math.isclose(result_ddp[key], result_single[key], rel_tol=TOLERANCE), key

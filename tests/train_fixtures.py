@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +26,6 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("STPRIVACY_DEBUG", None)
     return env
-
-
-def cli(*args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m stprivacy.cli ARGS`` in a fresh process."""
-    res = subprocess.run([sys.executable, "-m", "stprivacy.cli", *args], cwd=ROOT, env=cli_env(),
-                         capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"stprivacy {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-    return res
 
 
 def one_thread():
