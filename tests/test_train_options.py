@@ -8,9 +8,13 @@ import os
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
+from stprivacy.data.video_dataset import collate_videos
 from stprivacy.model import STPrivacy, STPrivacyConfig
-from stprivacy.train import TrainConfig, build_dataset, train_anonymizer, train_initialization
+from stprivacy.train import (TrainConfig, build_dataset, load_checkpoint, load_latest, train_anonymizer,
+                             train_initialization)
+from stprivacy.train.distributed import ResumableBatches
 from stprivacy.train.common import clip_and_step, make_recognizer
 from stprivacy.train.run_log import read_csv
 from train_fixtures import TINY_MODEL, TINY_TRAIN, one_thread
@@ -113,3 +117,37 @@ def test_compile_gives_the_eager_losses(tmp_path):
     _, eager, _ = _run(tmp_path, "eager", log="none", adv_epochs=0)
     _, compiled, _ = _run(tmp_path, "compiled", log="none", adv_epochs=0, compile=True)
     assert compiled["initialization"]["loss_action"] == pytest.approx(eager["initialization"]["loss_action"], rel=1e-4)
+
+
+class _UnreadableVideos(Dataset):
+    """The synthetic benchmark with some videos that fail to decode (None, as real datasets return)."""
+
+    def __init__(self, base, unreadable: set[int]):
+        self.base, self.unreadable = base, unreadable
+        self.num_classes, self.num_attributes = base.num_classes, base.num_attributes
+        self.collate_fn = collate_videos
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        return None if index in self.unreadable else self.base[index]
+
+
+def test_a_batch_without_readable_videos_is_skipped_and_resume_stays_exact(tmp_path):
+    cfg = _cfg(dataset_kwargs={"train_videos": 32, "test_videos": 8}, adv_epochs=0, checkpoint_every=1, log="none")
+    base = _data(cfg)
+    order = ResumableBatches(len(base), cfg.batch_size, 1, seed=cfg.seed * 7919 + 1).epoch(0)
+    data = _UnreadableVideos(base, set(order[1]) | {order[2][0]})  # batch 2 empty, batch 3 one short
+    sizes = {"num_classes": base.num_classes, "num_attributes": base.num_attributes}
+    full, history = train_anonymizer(MODEL, cfg, data, out_dir=tmp_path / "full", **sizes)
+    last = load_checkpoint(tmp_path / "full" / "initialization.pt")["progress"]
+    assert last["step"] == 3 and last["epoch"] == 1  # 4 batches, 3 steps
+    # last.prev.pt is the mid-epoch checkpoint after batch 3 (step 2): resume from it alone
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "full" / "last.prev.pt").rename(tmp_path / "cut" / "last.pt")
+    assert load_latest(tmp_path / "cut")["progress"]["batch"] == 3
+    resumed, history_resumed = train_anonymizer(MODEL, cfg, data, out_dir=tmp_path / "cut", resume=True, **sizes)
+    assert history_resumed["initialization"]["loss_action"] == history["initialization"]["loss_action"]
+    for name, tensor in full.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name

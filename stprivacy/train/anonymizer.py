@@ -29,7 +29,7 @@ from ..model import STPrivacy
 from .common import clip_and_step, make_optimizer, privacy_adversary_loss, set_lr, to_device
 from .config import TrainConfig, get_lr
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
-                          sync_gradients)
+                          sync_gradients, usable_on_all_ranks)
 from .loop import PHASE_IDS, Progress, SaveFn, StepValues, autocast, prepare
 from .run_log import RunLogger
 
@@ -83,6 +83,9 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
         bar = tqdm(loader, desc=f"init {progress.epoch + 1}/{cfg.init_epochs}", initial=progress.batch,
                    total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
         for batch in bar:
+            if not usable_on_all_ranks(batch, accum):  # unreadable videos left a rank with nothing
+                progress.skip_batch()
+                continue
             set_lr(optimizer, get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr))
             optimizer.zero_grad(set_to_none=True)
             step_values = StepValues(accum)
@@ -143,6 +146,9 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
         bar = tqdm(loader, desc=f"adversarial {progress.epoch + 1}/{cfg.adv_epochs}", initial=progress.batch,
                    total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
         for batch in bar:
+            if not usable_on_all_ranks(batch, accum):  # unreadable videos left a rank with nothing
+                progress.skip_batch()
+                continue
             lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
             set_lr(opt_anonymizer, lr)
             set_lr(opt_recognizers, lr)

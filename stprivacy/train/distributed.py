@@ -27,9 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, Dataset, DistributedSampler
-
-from ..data.video_dataset import SkippingDataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, default_collate
 
 
 def is_distributed() -> bool:
@@ -116,22 +114,21 @@ def unwrap(module: nn.Module) -> nn.Module:
 def all_reduce_mean(values: Tensor) -> Tensor:
     """Mean over ranks of a small float tensor (the step's loss values), the same on every rank."""
     if is_distributed():
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= world_size()
+        reduced = values.to(_collective_device(), copy=True)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        values = (reduced / world_size()).to(values.device)
     return values
 
 
 def gather_rows(tensor: Tensor) -> Tensor:
     """Concatenate along dim 0 the tensors of all ranks, in rank order (lengths may differ by rank).
 
-    Every rank gets the result. The collective runs on the tensor's device (CPU tensors need gloo
-    or a CUDA round trip under NCCL, which this does).
+    Every rank gets the result, on the input's device; the collective itself runs where the
+    backend needs it (CUDA under NCCL, CPU under gloo).
     """
     if not is_distributed():
         return tensor
-    backend_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    work = tensor.to(backend_device) if backend_device is not None else tensor
+    work = tensor.to(_collective_device())
     length = torch.tensor([work.shape[0]], device=work.device, dtype=torch.int64)
     lengths = [torch.zeros_like(length) for _ in range(world_size())]
     dist.all_gather(lengths, length)
@@ -185,11 +182,28 @@ class ResumableBatches:
         return batches[start:]
 
 
-def make_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers: int = 0) -> SkippingDataLoader:
-    """A DataLoader over explicit index batches (real datasets collate with their ``collate_fn``,
-    which leaves out unreadable videos)."""
-    return SkippingDataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                              collate_fn=getattr(dataset, "collate_fn", None))
+def make_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers: int = 0) -> DataLoader:
+    """A DataLoader over explicit index batches. Real datasets collate with their ``collate_fn``,
+    which leaves out unreadable videos and returns None for a batch without any: the loop sees
+    that None (see :func:`usable_on_all_ranks`), so its batch position stays exact."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                      collate_fn=getattr(dataset, "collate_fn", None) or default_collate)
+
+
+def usable_on_all_ranks(batch: Sequence[Tensor] | None, accumulation: int) -> bool:
+    """Whether every rank has at least one video per micro-batch. Unreadable videos can leave a
+    rank with nothing; all ranks then skip the step together (a rank that skipped alone would
+    leave the others waiting in DDP's all-reduce)."""
+    usable = batch is not None and len(batch[0]) >= accumulation
+    if not is_distributed():
+        return usable
+    flag = torch.tensor([float(usable)], device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def sync_gradients(last: bool, modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:

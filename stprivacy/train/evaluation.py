@@ -23,7 +23,7 @@ from ..model import STPrivacy, STPrivacyConfig
 from .common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .config import TrainConfig, get_lr
 from .distributed import (ResumableBatches, all_reduce_mean, gather_rows, is_main, make_loader, micro_batches,
-                          resolve_device, shard_range)
+                          resolve_device, shard_range, usable_on_all_ranks)
 from .loop import PHASE_IDS, Progress, StepValues, autocast, prepare
 from .run_log import RunLogger
 
@@ -117,6 +117,9 @@ def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: 
         bar = tqdm(loader, desc=f"{desc}: fresh recognizers {progress.epoch + 1}/{cfg.eval_epochs}", leave=False,
                    disable=not (cfg.progress and is_main()))
         for batch in bar:
+            if not usable_on_all_ranks(batch, accum):  # unreadable videos left a rank with nothing
+                progress.skip_batch()
+                continue
             lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
             set_lr(opt_action, lr)
             set_lr(opt_privacy, lr)

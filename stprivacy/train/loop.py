@@ -34,9 +34,11 @@ class Progress:
     Attributes:
         phase: "initialization", "adversarial" or "evaluation".
         epoch: epochs completed.
-        batch: batches completed in the current epoch (where a resumed epoch starts).
+        batch: batches of the epoch's order consumed so far, skipped ones included (where a
+            resumed epoch starts).
         step: optimizer steps completed in the phase (drives the learning-rate schedule).
         sums: running sums of the current epoch's step values (for exact epoch means).
+        epoch_steps: optimizer steps taken in the current epoch (the divisor of those means).
         history: per-epoch means of the completed epochs, plus "seconds".
         seconds: time spent in the current epoch so far.
     """
@@ -46,6 +48,7 @@ class Progress:
     batch: int = 0
     step: int = 0
     sums: dict[str, float] = field(default_factory=dict)
+    epoch_steps: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -62,23 +65,28 @@ class Progress:
 
     def to_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "sums": dict(self.sums), "history": {k: list(v) for k, v in self.history.items()},
+                "sums": dict(self.sums), "epoch_steps": self.epoch_steps, "history": {k: list(v) for k, v in self.history.items()},
                 "seconds": self.seconds}
 
     def end_step(self, values: dict[str, float]) -> None:
         self.step += 1
         self.batch += 1
+        self.epoch_steps += 1
         for key, value in values.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
 
+    def skip_batch(self) -> None:
+        """A batch with no usable video on some rank: consumed, but no step."""
+        self.batch += 1
+
     def end_epoch(self, epoch_seconds: float) -> dict[str, float]:
         """Close the epoch: append its means to the history; returns them."""
-        means = {key: total / max(1, self.batch) for key, total in self.sums.items()}
+        means = {key: total / max(1, self.epoch_steps) for key, total in self.sums.items()}
         for key, value in means.items():
             self.history.setdefault(key, []).append(value)
         self.history.setdefault("seconds", []).append(self.seconds + epoch_seconds)
         self.epoch += 1
-        self.batch, self.sums, self.seconds = 0, {}, 0.0
+        self.batch, self.epoch_steps, self.sums, self.seconds = 0, 0, {}, 0.0
         return means
 
 
