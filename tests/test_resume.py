@@ -93,3 +93,28 @@ def test_resume_in_process_from_every_mid_epoch_checkpoint(tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert history_resumed["adversarial"]["loss_privacy"] == history["adversarial"]["loss_privacy"]
+
+
+def test_resume_inside_the_evaluation_phase(tmp_path, capsys):
+    """Phase 3 trains fresh recognizers for eval_epochs (80 in the paper): a kill there resumes
+    too, from the recognizers' own checkpoint, and a finished keep ratio is not redone."""
+    config = write_config(tmp_path / "run.json", **{**RUN, "eval_epochs": 2, "eval_keep_ratios": [0.5, 0.7]})
+    out = tmp_path / "run"
+    assert cli_main(_train_cmd(config, out)[3:]) == 0
+    report = json.loads((out / "report.json").read_text())
+    log = read_csv(out / "metrics.csv")
+    # Pretend the run died in the alpha=0.7 fit, one step before its end: its newest checkpoint is
+    # last.prev.pt, its result was never written, neither was the report.
+    fit = out / "evaluation" / "stprivacy_alpha_0.7"
+    (fit / "last.pt").unlink()
+    (fit / "result.json").unlink()
+    (out / "report.json").unlink()
+    done = out / "evaluation" / "stprivacy_alpha_0.5" / "result.json"
+    done.write_text(done.read_text().replace('"seconds"', '"seconds_marker"'))  # must be reused as is
+    capsys.readouterr()
+    assert cli_main(_train_cmd(config, out, "--resume")[3:]) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert "seconds_marker" in resumed["evaluation"]["0.5"]
+    for key in ("top1", "f1", "cmap", "kept"):
+        assert resumed["evaluation"]["0.7"][key] == report["evaluation"]["0.7"][key], key
+    assert read_csv(out / "metrics.csv") == log

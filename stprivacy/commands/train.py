@@ -165,7 +165,8 @@ def _train(args: argparse.Namespace, model_cfg: STPrivacyConfig, cfg: TrainConfi
             logger = RunLogger(args.out, cfg.log, cfg.log_every)
             try:
                 report["evaluation"] = evaluate_stprivacy(model, cfg, train_set, test_set, num_classes=num_classes,
-                                                          num_attributes=num_attributes, logger=logger)
+                                                          num_attributes=num_attributes, logger=logger,
+                                                          state_dir=args.out / "evaluation", resume=args.resume)
             finally:
                 logger.close()
             if is_main():

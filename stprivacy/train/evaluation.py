@@ -8,8 +8,11 @@ anonymized data is stronger than one that was trained on raw data.
 """
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..model import STPrivacy, STPrivacyConfig
+from .checkpoint import load_latest, rng_state, save_rotating, set_rng_state
 from .common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .config import TrainConfig, get_lr
 from .distributed import (ResumableBatches, all_reduce_mean, gather_rows, is_main, make_loader, micro_batches,
@@ -90,11 +94,14 @@ def _keep_grid(transform: Anonymizer, dataset: Dataset, device: torch.device) ->
 
 
 def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: TrainConfig, num_classes: int,
-                    num_attributes: int, desc: str = "recognizers", logger: RunLogger | None = None):
+                    num_attributes: int, desc: str = "recognizers", logger: RunLogger | None = None,
+                    state_dir: Path | None = None, resume: bool = False):
     """Train a fresh action and a fresh privacy recognizer on transformed training data.
 
     Both see the same batches; each has its own AdamW and cosine schedule (``cfg.eval_epochs``).
-    Under torchrun both are DDP-wrapped and each rank trains on its share of every batch.
+    Under torchrun both are DDP-wrapped and each rank trains on its share of every batch. With
+    ``state_dir``, rank 0 checkpoints there (``last.pt`` / ``last.prev.pt``) like phases 1-2, and
+    ``resume`` continues from it exactly.
 
     Returns:
         (action_rec, privacy_rec, history)
@@ -103,17 +110,36 @@ def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: 
     device = resolve_device(cfg.device)
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
     privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
+    checkpoint = load_latest(state_dir) if state_dir is not None and resume else None
+    if checkpoint is not None:  # before DDP, which broadcasts rank 0's weights when it wraps
+        if checkpoint["config"]["train"] != cfg.to_dict():
+            raise ValueError(f"cannot resume the evaluation in {state_dir}: the train config changed")
+        action_rec.load_state_dict(checkpoint["recognizers"]["action"])
+        privacy_rec.load_state_dict(checkpoint["recognizers"]["privacy"])
+        set_rng_state(checkpoint["rng"])
     rec_action, rec_privacy = prepare(action_rec, device, cfg), prepare(privacy_rec, device, cfg)
     batches = ResumableBatches(len(train_data), min(cfg.batch_size, len(train_data)), accum,
                                seed=cfg.seed * 7919 + PHASE_IDS[phase])
     opt_action = make_optimizer([action_rec], cfg)
     opt_privacy = make_optimizer([privacy_rec], cfg)
+    optimizers = {"action": opt_action, "privacy": opt_privacy}
     total = cfg.eval_epochs * len(batches)
     warmup, min_lr = round(cfg.warmup_epochs * len(batches)), cfg.peak_lr * cfg.min_lr_ratio
-    progress = Progress(phase)
+    progress = Progress.resume(phase, checkpoint, optimizers)
+    if logger is not None and checkpoint is not None:
+        logger.rewind(f"{phase}/{desc}", progress.step)
+
+    def save() -> None:
+        if state_dir is None or not is_main():
+            return
+        save_rotating(state_dir, {
+            "phase": phase, "epoch": progress.epoch, "step": progress.step, "progress": progress.to_dict(),
+            "recognizers": {"action": action_rec.state_dict(), "privacy": privacy_rec.state_dict()},
+            "optimizer": {name: o.state_dict() for name, o in optimizers.items()},
+            "config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, "rng": rng_state()})
     while progress.epoch < cfg.eval_epochs:
         t0 = time.perf_counter()
-        loader = make_loader(train_data, batches.epoch(progress.epoch), cfg.num_workers)
+        loader = make_loader(train_data, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
         bar = tqdm(loader, desc=f"{desc}: fresh recognizers {progress.epoch + 1}/{cfg.eval_epochs}", leave=False,
                    disable=not (cfg.progress and is_main()))
         for batch in bar:
@@ -141,7 +167,10 @@ def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: 
             bar.set_postfix(action=f"{values['loss_action']:.3f}", privacy=f"{values['loss_privacy']:.3f}")
             if logger is not None:
                 logger.log(f"{phase}/{desc}", progress.epoch + 1, progress.step, values)
+            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and progress.batch < len(batches):
+                save()
         progress.end_epoch(time.perf_counter() - t0)
+        save()
     history = {key: progress.history.get(key, []) for key in ("loss_action", "loss_privacy")}
     return action_rec.eval(), privacy_rec.eval(), history
 
@@ -173,21 +202,32 @@ def test_recognizers(action_rec, privacy_rec, test_data: TensorDataset, cfg: Tra
 
 def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
                         cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
-                        logger: RunLogger | None = None) -> dict[str, Any]:
+                        logger: RunLogger | None = None, state_dir: str | Path | None = None,
+                        resume: bool = False) -> dict[str, Any]:
     """The whole evaluation protocol for one frozen transform (``logger`` logs the recognizers'
     losses under the phase name ``evaluation/<name>``).
+
+    With ``state_dir``, the recognizers' checkpoints go to ``state_dir/<name>/`` and the result to
+    ``state_dir/<name>/result.json``; ``resume`` reuses a finished result and continues an
+    unfinished fit exactly.
 
     Returns:
         ``{"top1", "f1", "cmap"}`` as fractions, plus ``"kept"`` (mean fraction of tubelets the
         transform keeps) and ``"seconds"``.
     """
     t0 = time.perf_counter()
+    own_dir = Path(state_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", name) if state_dir is not None else None
+    if own_dir is not None and resume and (own_dir / "result.json").is_file():
+        return json.loads((own_dir / "result.json").read_text())
     train_data = transform_dataset(transform, train_set, cfg, desc=f"{name}: transform train")
     test_data = transform_dataset(transform, test_set, cfg, desc=f"{name}: transform test")
     action_rec, privacy_rec, _ = fit_recognizers(train_data, model_cfg, cfg, num_classes, num_attributes,
-                                                 desc=name, logger=logger)
+                                                 desc=name, logger=logger, state_dir=own_dir, resume=resume)
     result: dict[str, Any] = test_recognizers(action_rec, privacy_rec, test_data, cfg)
     keep = test_data.tensors[1]
     result["kept"] = float(keep.mean()) if keep.dim() > 1 else 1.0
     result["seconds"] = time.perf_counter() - t0
+    if own_dir is not None and is_main():
+        own_dir.mkdir(parents=True, exist_ok=True)
+        (own_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -89,7 +89,8 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
         set_rng_state(checkpoint["rng"])
         histories.update(checkpoint["history"])
         progress = checkpoint["progress"]
-        truncate_csv(out, progress["phase"], progress["step"])
+        training_done = progress["phase"] == "adversarial" and progress["epoch"] == cfg.adv_epochs
+        truncate_csv(out, progress["phase"], progress["step"], keep_later=training_done)
         if is_main():
             print(f"resuming {out} at the {progress['phase']} phase, epoch {progress['epoch'] + 1}, "
                   f"batch {progress['batch']} (step {progress['step']})")
@@ -128,16 +129,19 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
 
 def evaluate_stprivacy(model: STPrivacy, cfg: TrainConfig, train_set: Dataset, test_set: Dataset, *,
                        num_classes: int, num_attributes: int, keep_ratios: list[float] | None = None,
-                       name: str = "stprivacy", logger: RunLogger | None = None) -> dict[str, dict[str, Any]]:
+                       name: str = "stprivacy", logger: RunLogger | None = None,
+                       state_dir: str | Path | None = None, resume: bool = False) -> dict[str, dict[str, Any]]:
     """Phase 3 at each deployment keep ratio (default: ``cfg.eval_keep_ratios`` or the model's
-    alpha). Returns ``{str(ratio): {"top1", "f1", "cmap", "kept", "seconds"}}``."""
+    alpha). Returns ``{str(ratio): {"top1", "f1", "cmap", "kept", "seconds"}}``. ``state_dir``
+    and ``resume``: see :func:`evaluate_anonymizer`."""
     ratios = keep_ratios or cfg.eval_keep_ratios or [model.cfg.alpha]
     results = {}
     for ratio in ratios:
         torch.manual_seed(cfg.seed + 1)  # the fresh recognizers start alike for every ratio
         results[f"{ratio:g}"] = evaluate_anonymizer(
             stprivacy_transform(model, ratio), train_set, test_set, model.cfg, cfg,
-            num_classes=num_classes, num_attributes=num_attributes, name=f"{name} alpha={ratio:g}", logger=logger)
+            num_classes=num_classes, num_attributes=num_attributes, name=f"{name} alpha={ratio:g}", logger=logger,
+            state_dir=state_dir, resume=resume)
     return results
 
 

@@ -61,6 +61,15 @@ class RunLogger:
             for key, value in values.items():
                 self._writer.add_scalar(f"{phase}/{key}", float(value), step)
 
+    def rewind(self, phase: str, step: int) -> None:
+        """Drop the CSV rows of ``phase`` after ``step`` (a resumed phase writes them again)."""
+        if self._file is None:
+            return
+        self._file.close()
+        truncate_csv(self.run_dir, phase, step)
+        self._file = open(self.run_dir / CSV_NAME, "a", newline="")
+        self._csv = csv.writer(self._file)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -75,14 +84,24 @@ def _order(phase: str) -> int:
     return PHASES.index(phase) if phase in PHASES else len(PHASES)
 
 
-def truncate_csv(run_dir: str | Path, phase: str, step: int) -> None:
-    """Drop the rows logged after ``step`` of ``phase`` (and every row of a later phase)."""
+def _kept(row: dict[str, str], phase: str, step: int, keep_later: bool) -> bool:
+    if row["phase"] == phase:
+        return int(row["step"]) <= step
+    # Rows of other evaluation fits (all ordered last) stay: they finished before this one began.
+    return (_order(row["phase"]) < _order(phase) or _order(row["phase"]) == _order(phase) == len(PHASES)
+            or (keep_later and _order(row["phase"]) > _order(phase)))
+
+
+def truncate_csv(run_dir: str | Path, phase: str, step: int, keep_later: bool = False) -> None:
+    """Drop the rows logged after ``step`` of ``phase``, and every row of a later phase unless
+    ``keep_later`` (resuming at the very end of training keeps the evaluation's rows, which its
+    fits rewind themselves)."""
     path = Path(run_dir) / CSV_NAME
     if not is_main() or not path.is_file():
         return
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    kept = [r for r in rows if (_order(r["phase"]), int(r["step"])) <= (_order(phase), step)]
+    kept = [r for r in rows if _kept(r, phase, step, keep_later)]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_FIELDS)
