@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -41,15 +42,31 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 #else
 #define STPRIV_VECTORIZE
 #endif
+// The row templates must be inlined into each clone to be compiled for its instruction set.
+#if defined(__GNUC__)
+#define STPRIV_INLINE inline __attribute__((always_inline))
+#else
+#define STPRIV_INLINE inline
+#endif
 
 namespace stpriv {
 namespace {
 
 // Block sizes, tuned on a 2-core AVX-512 EPYC (benchmarks/RESULTS.md). A whole key row of up to
 // kKeyBlock keys is one tile: for ViT-sized N there is then no online rescaling at all.
+#ifdef STPRIV_TUNE_BLOCKS  // development only: block sizes from the environment, for tuning runs
+int64_t block_from_env(const char* name, int64_t fallback) {
+  const char* value = std::getenv(name);
+  return value ? std::atoll(value) : fallback;
+}
+const int64_t kQueryBlockFwd = block_from_env("STPRIV_QBF", 64);
+const int64_t kQueryBlockBwd = block_from_env("STPRIV_QBB", 64);
+const int64_t kKeyBlock = block_from_env("STPRIV_KB", 512);
+#else
 constexpr int64_t kQueryBlockFwd = 64;
 constexpr int64_t kQueryBlockBwd = 64;
 constexpr int64_t kKeyBlock = 512;
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Row-major matrix product on raw pointers: C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C.
@@ -98,7 +115,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // Elementwise row kernels. float: an exp the compiler can vectorize (Cephes expf, ~1 ulp);
 // double: std::exp, since float64 is for gradcheck, not speed.
 
-inline float exp_approx(float x) {
+STPRIV_INLINE float exp_approx(float x) {
   // The kernels only take exp of (score - row max) <= 0; the clamp keeps 2^n a normal float.
   x = std::min(std::max(x, -87.3f), 88.3f);
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
@@ -120,10 +137,16 @@ inline float exp_approx(float x) {
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
+// Reductions keep kLanes partial results, one per SIMD lane, so that they vectorize without
+// -ffast-math and always add in the same order (deterministic).
+constexpr int kLanes = 16;
+
 template <typename T>
-T row_max(const T* x, int64_t n) {
+STPRIV_INLINE T row_max(const T* x, int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  // max is exact in any order, so the vectorized reduction is still deterministic.
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
   return m;
 }
 
@@ -131,13 +154,23 @@ STPRIV_VECTORIZE float row_max_f32(const float* x, int64_t n) { return row_max<f
 
 // s <- exp(s - m) * keep; returns the sum of the new s.
 template <typename T>
-T exp_keep_sum(T* s, const T* keep, int64_t n, T m) {
+STPRIV_INLINE T exp_keep_sum(T* s, const T* keep, int64_t n, T m) {
+  T part[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const T p = exp_approx(s[j + l] - m) * keep[j + l];
+      s[j + l] = p;
+      part[l] += p;
+    }
+  }
   T sum = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    T p = exp_approx(s[j] - m) * keep[j];
+  for (; j < n; ++j) {
+    const T p = exp_approx(s[j] - m) * keep[j];
     s[j] = p;
     sum += p;
   }
+  for (int l = 0; l < kLanes; ++l) sum += part[l];
   return sum;
 }
 
@@ -146,7 +179,7 @@ STPRIV_VECTORIZE float exp_keep_sum_f32(float* s, const float* keep, int64_t n, 
 }
 
 template <typename T>
-void scale_row(T* x, int64_t n, T a) {
+STPRIV_INLINE void scale_row(T* x, int64_t n, T a) {
   for (int64_t j = 0; j < n; ++j) x[j] *= a;
 }
 
@@ -154,13 +187,13 @@ STPRIV_VECTORIZE void scale_row_f32(float* x, int64_t n, float a) { scale_row<fl
 
 // out = (acc + eps_over_n * vsum) * inv_z, widened/narrowed on store.
 template <typename T, typename O>
-void finish_row(O* out, const T* acc, const T* vsum, int64_t n, T eps_over_n, T inv_z) {
+STPRIV_INLINE void finish_row(O* out, const T* acc, const T* vsum, int64_t n, T eps_over_n, T inv_z) {
   for (int64_t j = 0; j < n; ++j) out[j] = static_cast<O>((acc[j] + eps_over_n * vsum[j]) * inv_z);
 }
 
 // Backward, first half: e <- exp(s - m) in place, p = (keep * e + eps/N) / Z.
 template <typename T>
-void probs_row(T* s, T* p, const T* keep, int64_t n, T m, T eps_over_n, T inv_z) {
+STPRIV_INLINE void probs_row(T* s, T* p, const T* keep, int64_t n, T m, T eps_over_n, T inv_z) {
   for (int64_t j = 0; j < n; ++j) {
     T e = exp_approx(s[j] - m);
     s[j] = e;
@@ -176,7 +209,7 @@ STPRIV_VECTORIZE void probs_row_f32(float* s, float* p, const float* keep, int64
 // Backward, second half: with g = (dP - D) / Z, accumulate e*g into the dkeep column sums and
 // turn dP into dS = keep * e * g in place.
 template <typename T>
-void grad_scores_row(T* dp, const T* e, const T* keep, T* dkeep_acc, int64_t n, T D, T inv_z) {
+STPRIV_INLINE void grad_scores_row(T* dp, const T* e, const T* keep, T* dkeep_acc, int64_t n, T D, T inv_z) {
   for (int64_t j = 0; j < n; ++j) {
     T eg = e[j] * (dp[j] - D) * inv_z;
     dkeep_acc[j] += eg;
@@ -190,10 +223,16 @@ STPRIV_VECTORIZE void grad_scores_row_f32(float* dp, const float* e, const float
 }
 
 template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
-  return s;
+STPRIV_INLINE T dot(const T* a, const T* b, int64_t n) {
+  T part[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) part[l] += a[j + l] * b[j + l];
+  }
+  T sum = 0;
+  for (; j < n; ++j) sum += a[j] * b[j];
+  for (int l = 0; l < kLanes; ++l) sum += part[l];
+  return sum;
 }
 
 STPRIV_VECTORIZE float dot_f32(const float* a, const float* b, int64_t n) { return dot<float>(a, b, n); }
