@@ -25,6 +25,22 @@ inline acc_t inverse_or_zero(acc_t count) {
   return count == acc_t(0) ? acc_t(0) : acc_t(1) / count;
 }
 
+// x . g with kLanes independent partial sums: one running sum would make the loop wait on the
+// add latency, and the compiler may not reorder float additions to vectorize it by itself.
+template <typename scalar_t, typename acc_t>
+inline acc_t dot_product(const scalar_t* __restrict x, const acc_t* __restrict g, int64_t C) {
+  constexpr int64_t kLanes = 16;
+  acc_t partial[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int64_t lane = 0; lane < kLanes; ++lane) partial[lane] += static_cast<acc_t>(x[c + lane]) * g[c + lane];
+  }
+  acc_t total = 0;
+  for (; c < C; ++c) total += static_cast<acc_t>(x[c]) * g[c];
+  for (int64_t lane = 0; lane < kLanes; ++lane) total += partial[lane];
+  return total;
+}
+
 void check_masked_mean_inputs(const at::Tensor& x, const at::Tensor& keep) {
   TORCH_CHECK(x.dim() == 4, "masked_mean: x must be [B, L, N, C], got shape ", x.sizes());
   TORCH_CHECK(keep.dim() == 3 && keep.size(0) == x.size(0) && keep.size(1) == x.size(1) &&
@@ -151,12 +167,8 @@ std::tuple<at::Tensor, at::Tensor> masked_mean_backward_cpu(const at::Tensor& gr
           const acc_t w = static_cast<acc_t>(kp[row]);
           const scalar_t* __restrict xr = xp + row * C;
           scalar_t* __restrict gxr = gxp + row * C;
-          acc_t dot = 0;
-          for (int64_t c = 0; c < C; ++c) {
-            dot += static_cast<acc_t>(xr[c]) * gv[c];
-            gxr[c] = static_cast<scalar_t>(w * gv[c]);
-          }
-          gkp[row] = static_cast<scalar_t>(dot - offset);
+          for (int64_t c = 0; c < C; ++c) gxr[c] = static_cast<scalar_t>(w * gv[c]);
+          gkp[row] = static_cast<scalar_t>(dot_product(xr, gv, C) - offset);
         }
       }
     });
