@@ -30,7 +30,9 @@ def dataset_sizes(dataset: Dataset) -> tuple[int, int]:
 
 
 # Config fields that may change between a run and its resumption without changing its results.
-_RESUMABLE_CHANGES = {"device", "num_workers", "progress", "log", "log_every", "checkpoint_every", "compile"}
+# (pretrained: a resumed run's weights come from its checkpoint.)
+_RESUMABLE_CHANGES = {"device", "num_workers", "progress", "log", "log_every", "checkpoint_every", "compile",
+                      "pretrained"}
 
 
 def _check_resumable(checkpoint: dict[str, Any], model_cfg: STPrivacyConfig, cfg: TrainConfig) -> None:
