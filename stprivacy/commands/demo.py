@@ -31,15 +31,16 @@ from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_baseline
 class DemoSettings:
     """Sizes of a demo run. ``FULL`` is the demo; ``TINY`` a seconds-long smoke run for tests."""
 
-    train_videos: int = 1024
-    test_videos: int = 512
+    train_videos: int = 768
+    test_videos: int = 384
     model: dict[str, Any] = field(default_factory=dict)  # overrides of STPrivacyConfig.small()
     recognizer: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 32
+    batch_size: int = 16
     base_lr: float = 0.1
-    init_epochs: int = 4
-    adv_epochs: int = 4
-    eval_epochs: int = 6
+    warmup_epochs: float = 0.25
+    init_epochs: int = 2
+    adv_epochs: int = 2
+    eval_epochs: int = 3
     alpha: float = 0.7
     tradeoff_alphas: tuple[float, ...] = (0.5, 0.7, 0.9)
     num_classes: int = 4
@@ -47,10 +48,13 @@ class DemoSettings:
 
 FULL = DemoSettings(
     model=dict(embed_dim=48, num_heads=3, depth=1, pab_depth=1),
-    recognizer=dict(embed_dim=48, num_heads=3, depth=2),
+    recognizer=dict(embed_dim=48, num_heads=3, depth=1),
 )
-TINY = dataclasses.replace(FULL, train_videos=32, test_videos=16, batch_size=16, init_epochs=1, adv_epochs=1,
-                           eval_epochs=1, tradeoff_alphas=(0.5, 0.7))
+TINY = dataclasses.replace(
+    FULL, train_videos=16, test_videos=8, batch_size=8, init_epochs=1, adv_epochs=1, eval_epochs=1,
+    tradeoff_alphas=(0.5, 0.7), model=dict(embed_dim=24, num_heads=2, depth=1, pab_depth=1),
+    recognizer=dict(embed_dim=24, num_heads=2, depth=1),
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         dataset="synthetic",
         dataset_kwargs=dict(train_videos=settings.train_videos, test_videos=settings.test_videos, seed=args.seed,
                             num_classes=settings.num_classes),
-        batch_size=settings.batch_size, base_lr=settings.base_lr, init_epochs=settings.init_epochs,
+        batch_size=settings.batch_size, base_lr=settings.base_lr, warmup_epochs=settings.warmup_epochs,
+        init_epochs=settings.init_epochs,
         adv_epochs=settings.adv_epochs, eval_epochs=settings.eval_epochs, recognizer=dict(settings.recognizer),
         seed=args.seed, progress=not args.no_progress,
     )

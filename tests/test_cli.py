@@ -1,0 +1,102 @@
+"""The stprivacy CLI: the tiny demo writes its report and pictures; train/evaluate on a config."""
+import json
+
+import matplotlib.image
+import pytest
+
+from stprivacy.cli import COMMANDS, build_parser, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png_with_content(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_every_command_is_registered():
+    names = {module.__name__.rsplit(".", 1)[1] for module in COMMANDS}
+    assert {"demo", "train", "evaluate"} <= names
+    parser = build_parser()
+    for name in ("demo", "train", "evaluate"):
+        assert parser.parse_args([name] + (["--config", "x.json"] if name == "train" else [])
+                                 + (["--checkpoint", "x.pt"] if name == "evaluate" else [])).command == name
+
+
+def test_tiny_demo_writes_report_and_pictures(tmp_path, capsys):
+    assert main(["demo", "--tiny", "--out", str(tmp_path), "--no-progress", "--seed", "1"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    expected_rows = {"raw", "downsample_2x", "downsample_4x", "blur_weak", "blur_strong", "STPrivacy (alpha=0.7)",
+                     "sparsification only (no PAB)", "anonymization only (alpha=1)"}
+    assert set(report["results"]) == expected_rows
+    for row in report["results"].values():
+        assert {"top1", "f1", "cmap", "kept"} <= set(row)
+        assert 0 <= row["top1"] <= 1 and 0 <= row["cmap"] <= 1
+    assert report["results"]["STPrivacy (alpha=0.7)"]["kept"] < 1.0
+    assert report["results"]["anonymization only (alpha=1)"]["kept"] == 1.0
+    assert set(report["tradeoff"]) == {"0.5", "0.7"}
+    assert {"top1_within_5_points", "cmap_below_competitive_baselines"} <= set(report["target"])
+    assert report["settings"]["tiny"] and report["settings"]["seed"] == 1
+    _assert_png_with_content(tmp_path / "examples.png")
+    _assert_png_with_content(tmp_path / "tradeoff.png")
+    out = capsys.readouterr().out
+    assert "Top-1" in out and "cMAP" in out and "STPrivacy (alpha=0.7)" in out
+
+
+def _write_config(path, **train):
+    base = {"batch_size": 8, "base_lr": 0.5, "init_epochs": 1, "adv_epochs": 1, "eval_epochs": 1, "progress": False,
+            "recognizer": {"embed_dim": 24, "num_heads": 2, "depth": 1},
+            "dataset_kwargs": {"train_videos": 8, "test_videos": 8}, "eval_keep_ratios": [0.7]}
+    config = {"model": {"preset": "small", "embed_dim": 24, "num_heads": 2, "pab_depth": 1}, "train": {**base, **train}}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    config = _write_config(tmp_path / "run.json")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    for name in ("initialization.pt", "adversarial.pt", "report.json"):
+        assert (tmp_path / "run" / name).is_file()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["evaluation"]) == {"0.7"}
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "adversarial.pt"), "--keep-ratios", "0.5",
+                 "--baselines", "raw", "--out", str(tmp_path / "eval")]) == 0
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert set(evaluation["stprivacy"]) == {"0.5"} and set(evaluation["baselines"]) == {"raw"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--config", "/nonexistent/run.json"], "config file not found"),
+        (["evaluate", "--checkpoint", "/nonexistent/ckpt.pt"], "checkpoint not found"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_config_contents(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"preset": "huge"}}))
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown model preset 'huge'" in capsys.readouterr().err
+    bad.write_text(json.dumps({"train": {"epochs": 3}}))
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown TrainConfig keys" in capsys.readouterr().err
+    bad.write_text(json.dumps({"optimizer": {}}))
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown sections" in capsys.readouterr().err
+    bad.write_text("{not json")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_unknown_command_and_bad_values_exit_by_argparse():
+    with pytest.raises(SystemExit):
+        main(["anonymise"])
+    with pytest.raises(SystemExit):
+        main(["demo", "--seed", "abc"])
