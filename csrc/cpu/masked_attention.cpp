@@ -68,6 +68,13 @@ constexpr int64_t kQueryBlockBwd = 64;
 constexpr int64_t kKeyBlock = 512;
 #endif
 
+// Key blocks of near-equal width: a narrow last block would cost a full BLAS call for little work.
+int64_t key_block_width(int64_t N) {
+  const int64_t blocks = (N + kKeyBlock - 1) / kKeyBlock;
+  const int64_t width = ((N + blocks - 1) / blocks + 15) / 16 * 16;
+  return std::min(width, N);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row-major matrix product on raw pointers: C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C.
 
@@ -300,7 +307,7 @@ template <typename T, typename O>
 void forward_kernel(const T* q, const T* k, const T* v, const T* keep, O* out, T* row_max_out, T* row_sum_out,
                     int64_t B, int64_t H, int64_t N, int64_t d, T scale, T eps) {
   const int64_t qblocks = (N + kQueryBlockFwd - 1) / kQueryBlockFwd;
-  const int64_t kb = std::min(N, kKeyBlock);
+  const int64_t kb = key_block_width(N);
   const T eps_over_n = eps / static_cast<T>(N);
   at::parallel_for(0, B * H * qblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scores(kQueryBlockFwd * kb), acc(kQueryBlockFwd * d), vsum(d), m(kQueryBlockFwd),
@@ -396,7 +403,7 @@ template <typename T>
 void backward_kernel(const T* dout, const T* q, const T* k, const T* v, const T* keep, const T* out,
                      const T* row_max, const T* row_sum, T* dq, T* dk, T* dv, T* dkeep_heads, int64_t B, int64_t H,
                      int64_t N, int64_t d, T scale, T eps, bool out_is_rounded) {
-  const int64_t kb = std::min(N, kKeyBlock);
+  const int64_t kb = key_block_width(N);
   // D_i = dout_i . out_i = sum_j P_ij dP_ij. When out was rounded to float16/bfloat16 its error
   // would swamp the cancellation in dP_ij - D_i, so D is taken from the float32 P and dP, which
   // one tile holds whole when the key row fits one block.
