@@ -52,8 +52,10 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace stpriv {
 namespace {
 
-// Block sizes, tuned on a 2-core AVX-512 EPYC (benchmarks/RESULTS.md). A whole key row of up to
-// kKeyBlock keys is one tile: for ViT-sized N there is then no online rescaling at all.
+// Block sizes, measured on a 2-core AVX-512 EPYC (benchmarks/RESULTS.md): query blocks of 32..128
+// and key blocks of 512..1600 were all within that shared machine's noise; 64 x 512 keeps each
+// thread's three tiles (384 KiB) inside L2. A key row of up to kKeyBlock keys is one tile, so for
+// ViT-sized N (392 tokens) the forward needs no online rescaling at all.
 #ifdef STPRIV_TUNE_BLOCKS  // development only: block sizes from the environment, for tuning runs
 int64_t block_from_env(const char* name, int64_t fallback) {
   const char* value = std::getenv(name);
