@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <numeric>
@@ -23,55 +24,102 @@
 namespace stpriv {
 namespace {
 
-// Philox-4x32 with 10 rounds, counter (offset, 0, 0), key = seed: the four 32-bit outputs of
-// triton.language.randint4x(seed, offset), bit for bit.
-inline void philox4x32(uint64_t seed, uint64_t offset, uint32_t out[4]) {
-  constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
-  constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
-  uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const uint32_t old_c0 = c0, old_c2 = c2;
-    c0 = static_cast<uint32_t>((static_cast<uint64_t>(kRoundB) * old_c2) >> 32) ^ c1 ^ k0;
-    c2 = static_cast<uint32_t>((static_cast<uint64_t>(kRoundA) * old_c0) >> 32) ^ c3 ^ k1;
-    c1 = kRoundB * old_c2;
-    c3 = kRoundA * old_c0;
-    k0 += kKeyA;
-    k1 += kKeyB;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
+// Philox-4x32 with 10 rounds, counter (offset, 0, 0), key = seed, as fill_noise below computes it,
+// gives the four 32-bit outputs of triton.language.randint4x(seed, offset), bit for bit.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// Compiled for AVX2 and baseline, picked at load time: the build needs no -march flag. No
+// AVX-512 clone: on the 2-core EPYC of benchmarks/RESULTS.md it made gumbel_topk 2x slower
+// (0.36 -> 0.76 ms, and slowed the code that ran after it), where AVX2 made it 2x faster.
+#define STPRIV_GUMBEL_VECTORIZE __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define STPRIV_GUMBEL_VECTORIZE
+#endif
+
+// A uniform in the open interval (0, 1) from 32 random bits: 23 of them, centred in their
+// bucket, so the logarithms below stay finite. Exact in float32: (2m + 1) * 2^-24, 2m + 1 < 2^24.
+inline float uniform_from_bits(uint32_t bits) { return static_cast<float>(bits >> 9) * 0x1p-23f + 0x1p-24f; }
+
+// Natural logarithm of a positive normal float, branch-free so that loops over it vectorize
+// (loops over glibc's logf do not without -ffast-math). Cephes' logf polynomial, within 2 ulp; noise only
+// needs it to be monotone and accurate to float precision, which this is.
+inline float log_positive(float x) {
+  const int32_t bits = __builtin_bit_cast(int32_t, x);
+  int32_t exponent = ((bits >> 23) & 0xff) - 126;  // x = m * 2^exponent, m in [0.5, 1)
+  float m = __builtin_bit_cast(float, (bits & 0x007fffff) | 0x3f000000);
+  // Fold m into [sqrt(1/2), sqrt(2)) around 1, with arithmetic rather than a branch.
+  const int32_t small = m < 0.707106781186547524f;
+  exponent -= small;
+  m = m + m * static_cast<float>(small) - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float e = static_cast<float>(exponent);
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return (m + y) + 0.693359375f * e;
 }
 
-// Uniforms for token indices visited in increasing order: token i takes output i % 4 of Philox
-// counter i / 4 (one Philox call per four tokens), as the Triton kernels do with randint4x.
-class PhiloxUniforms {
- public:
-  explicit PhiloxUniforms(uint64_t seed) : seed_(seed) {}
+enum class NoiseKind { kLogistic, kGumbel };
 
-  // A uniform in the open interval (0, 1): 23 random bits, centred in their bucket, so the
-  // logarithms below stay finite. Exact in float32: (2m + 1) * 2^-24 with 2m + 1 < 2^24.
-  float operator()(uint64_t index) {
-    const uint64_t counter = index >> 2;
-    if (counter != counter_) {
-      philox4x32(seed_, counter, bits_);
-      counter_ = counter;
+// Noise for tokens first .. first + count - 1 into out[0 .. count): token i takes output i % 4 of
+// Philox counter i / 4, as the Triton kernels do with randint4x. Eight counters advance together
+// in lane loops the compiler vectorizes, then the logarithms run over the whole span.
+STPRIV_GUMBEL_VECTORIZE
+void fill_noise(NoiseKind kind, uint64_t seed, int64_t first, int64_t count, float* __restrict out) {
+  constexpr int kLanes = 8;
+  constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
+  constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
+  const int64_t end = first + count;
+  int64_t token = first;
+  while (token < end) {
+    const uint64_t counter = static_cast<uint64_t>(token) >> 2;
+    uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      c0[lane] = static_cast<uint32_t>(counter + lane);
+      c1[lane] = static_cast<uint32_t>((counter + lane) >> 32);
+      c2[lane] = 0;
+      c3[lane] = 0;
     }
-    return static_cast<float>(bits_[index & 3] >> 9) * 0x1p-23f + 0x1p-24f;
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const uint64_t product_b = static_cast<uint64_t>(kRoundB) * c2[lane];
+        const uint64_t product_a = static_cast<uint64_t>(kRoundA) * c0[lane];
+        c0[lane] = static_cast<uint32_t>(product_b >> 32) ^ c1[lane] ^ k0;
+        c2[lane] = static_cast<uint32_t>(product_a >> 32) ^ c3[lane] ^ k1;
+        c1[lane] = static_cast<uint32_t>(product_b);
+        c3[lane] = static_cast<uint32_t>(product_a);
+      }
+      k0 += kKeyA;
+      k1 += kKeyB;
+    }
+    float uniform[4 * kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      uniform[4 * lane + 0] = uniform_from_bits(c0[lane]);
+      uniform[4 * lane + 1] = uniform_from_bits(c1[lane]);
+      uniform[4 * lane + 2] = uniform_from_bits(c2[lane]);
+      uniform[4 * lane + 3] = uniform_from_bits(c3[lane]);
+    }
+    const int64_t block_first = static_cast<int64_t>(counter * 4);
+    const int64_t stop = std::min<int64_t>(end - block_first, 4 * kLanes);
+    for (int64_t j = token - block_first; j < stop; ++j) out[block_first + j - first] = uniform[j];
+    token = block_first + stop;
   }
-
- private:
-  uint64_t seed_;
-  uint64_t counter_ = ~uint64_t(0);
-  uint32_t bits_[4] = {0, 0, 0, 0};
-};
-
-// Logistic(0, 1) = log(u) - log(1 - u), as one logarithm; 1 - u is exact for these u. The Triton
-// kernel computes the same expression.
-inline float logistic_from_uniform(float u) { return std::log(u / (1.0f - u)); }
-inline float gumbel_from_uniform(float u) { return -std::log(-std::log(u)); }
+  if (kind == NoiseKind::kLogistic) {
+    // log(u) - log(1 - u) as one logarithm; 1 - u is exact for these u (the Triton kernel agrees).
+    for (int64_t i = 0; i < count; ++i) out[i] = log_positive(out[i] / (1.0f - out[i]));
+  } else {
+    for (int64_t i = 0; i < count; ++i) out[i] = -log_positive(-log_positive(out[i]));
+  }
+}
 
 at::ScalarType noise_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -120,10 +168,14 @@ std::tuple<at::Tensor, at::Tensor> gumbel_keep_cpu(const at::Tensor& log_probs_i
     const acc_t* np = noise.has_value() ? noise->const_data_ptr<acc_t>() : nullptr;
     scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
     acc_t* zp = logit.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, count, grain_for(np ? 2 : 16), [&](int64_t begin, int64_t end) {
-      PhiloxUniforms uniform(seed_value);
+    at::parallel_for(0, count, grain_for(np ? 2 : 8), [&](int64_t begin, int64_t end) {
+      std::vector<float> drawn;
+      if (!np) {
+        drawn.resize(end - begin);
+        fill_noise(NoiseKind::kLogistic, seed_value, begin, end - begin, drawn.data());
+      }
       for (int64_t i = begin; i < end; ++i) {
-        const acc_t g = np ? np[i] : static_cast<acc_t>(logistic_from_uniform(uniform(i)));
+        const acc_t g = np ? np[i] : static_cast<acc_t>(drawn[i - begin]);
         // Same operations in the same order as the reference, so explicit noise matches bit for bit.
         const acc_t z = (static_cast<acc_t>(lpp[2 * i]) - static_cast<acc_t>(lpp[2 * i + 1])) + g;
         const acc_t hard = z > acc_t(0) ? acc_t(1) : acc_t(0);
@@ -201,15 +253,19 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& score_in, i
     scalar_t* kp = keep.mutable_data_ptr<scalar_t>();
     acc_t* softp = soft.mutable_data_ptr<acc_t>();
     const acc_t tau_acc = static_cast<acc_t>(tau);
-    at::parallel_for(0, B * L, grain_for(N * (np ? 8 : 24)), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, grain_for(N * (np ? 8 : 12)), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> perturbed(N), ranked(N);
       std::vector<int64_t> order(N);
-      PhiloxUniforms uniform(seed_value);
+      std::vector<float> drawn;
+      if (!np) {
+        drawn.resize((end - begin) * N);
+        fill_noise(NoiseKind::kGumbel, seed_value, begin * N, (end - begin) * N, drawn.data());
+      }
       for (int64_t row = begin; row < end; ++row) {
         const int64_t base = row * N;
         acc_t row_max = -std::numeric_limits<acc_t>::infinity();
         for (int64_t n = 0; n < N; ++n) {
-          const acc_t g = np ? np[base + n] : static_cast<acc_t>(gumbel_from_uniform(uniform(base + n)));
+          const acc_t g = np ? np[base + n] : static_cast<acc_t>(drawn[base + n - begin * N]);
           perturbed[n] = static_cast<acc_t>(sp[base + n]) + g;
           ranked[n] = std::isnan(perturbed[n]) ? std::numeric_limits<acc_t>::infinity() : perturbed[n];
           row_max = std::max(row_max, perturbed[n] / tau_acc);
