@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -227,3 +229,38 @@ def test_triton_topk_keep_float64_keeps_fine_differences():
     # Differences below float32 resolution must still order float64 scores.
     s = torch.tensor([[[1.0, 1.0 + 1e-12, 1.0, 0.5, 1.0 + 2e-12]]], dtype=torch.float64)
     assert tk.topk_keep_forward(s.to(TRITON_DEVICE), 2).cpu().tolist() == [[[1, 4]]]
+
+
+def test_all_pruning_ops_fall_back_to_the_reference_without_extension():
+    # Hide stpriv_ops._C: every token-pruning op must still run, through its reference.
+    code = """
+import importlib.abc, sys, warnings
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "stpriv_ops._C":
+            raise ImportError("blocked for the test")
+sys.meta_path.insert(0, Block())
+warnings.simplefilter("ignore")
+import stpriv_ops, torch
+from stpriv_ops import reference as R
+assert not stpriv_ops.has_ops()
+x = torch.randn(2, 3, 5, 4); keep = (torch.rand(2, 3, 5) < 0.5).float()
+for got, want in zip(stpriv_ops.masked_mean(x, keep), R.masked_mean(x, keep)):
+    torch.testing.assert_close(got, want)
+lp = torch.randn(2, 15, 2); prev = torch.ones(2, 15); noise = torch.randn(2, 15)
+assert torch.equal(stpriv_ops.gumbel_keep(lp, prev, noise=noise), R.gumbel_keep(lp, prev, noise))
+g = torch.Generator().manual_seed(0)
+a = stpriv_ops.gumbel_keep(lp, prev, generator=g)
+assert ((a == 0) | (a == 1)).all()
+score = torch.randn(2, 3, 5)
+assert (stpriv_ops.gumbel_topk(score, 2, generator=g).sum(-1) == 2).all()
+idx = stpriv_ops.topk_keep(score, 2)
+assert torch.equal(idx, R.topk_keep(score, 2))
+tokens = torch.randn(2, 15, 4)
+assert torch.equal(stpriv_ops.scatter_tokens(stpriv_ops.gather_tokens(tokens, idx), idx, 5),
+                   R.scatter_tokens(R.gather_tokens(tokens, idx), idx, 5))
+print("fallback ok")
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0 and "fallback ok" in res.stdout, res.stderr
