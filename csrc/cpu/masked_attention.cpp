@@ -400,6 +400,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_cpu(const at::Te
 // ---------------------------------------------------------------------------------------------
 // Backward. One task per (b, h) owns dq, dk, dv and that head's dkeep row, so nothing is shared
 // between threads; the per-head dkeep rows are then summed over h in order (deterministic).
+// Key blocks are the outer loop (FlashAttention-2 order): a key block's dk, dv and dkeep stay in
+// cache while every query block passes, and only the small dq blocks are re-read.
 
 template <typename T>
 void backward_kernel(const T* dout, const T* q, const T* k, const T* v, const T* keep, const T* out,
@@ -412,8 +414,7 @@ void backward_kernel(const T* dout, const T* q, const T* k, const T* v, const T*
   const bool d_from_probs = out_is_rounded && kb == N;
   const T eps_over_n = eps / static_cast<T>(N);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> e(kQueryBlockBwd * kb), p(kQueryBlockBwd * kb), ds(kQueryBlockBwd * kb), D(kQueryBlockBwd),
-        inv_z(kQueryBlockBwd);
+    std::vector<T> e(kQueryBlockBwd * kb), p(kQueryBlockBwd * kb), ds(kQueryBlockBwd * kb), D(N), inv_z(N);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, base = bh * N * d;
       const T* keep_b = keep + b * N;
@@ -421,46 +422,45 @@ void backward_kernel(const T* dout, const T* q, const T* k, const T* v, const T*
       std::fill(dk + base, dk + base + N * d, T(0));
       std::fill(dv + base, dv + base + N * d, T(0));
       std::fill(dkeep_h, dkeep_h + N, T(0));
-      for (int64_t i0 = 0; i0 < N; i0 += kQueryBlockBwd) {
-        const int64_t qn = std::min(kQueryBlockBwd, N - i0);
-        const T* Q = q + base + i0 * d;
-        const T* dO = dout + base + i0 * d;
-        T* dQ = dq + base + i0 * d;
-        for (int64_t r = 0; r < qn; ++r) {
-          if (!d_from_probs) D[r] = k_dot(dO + r * d, out + base + (i0 + r) * d, d);
-          inv_z[r] = T(1) / row_sum[bh * N + i0 + r];
-        }
-        for (int64_t j0 = 0; j0 < N; j0 += kb) {
-          const int64_t kn = std::min(kb, N - j0);
-          const T* K = k + base + j0 * d;
-          const T* V = v + base + j0 * d;
+      for (int64_t i = 0; i < N; ++i) {
+        if (!d_from_probs) D[i] = k_dot(dout + base + i * d, out + base + i * d, d);
+        inv_z[i] = T(1) / row_sum[bh * N + i];
+      }
+      for (int64_t j0 = 0; j0 < N; j0 += kb) {
+        const int64_t kn = std::min(kb, N - j0);
+        const T* K = k + base + j0 * d;
+        const T* V = v + base + j0 * d;
+        for (int64_t i0 = 0; i0 < N; i0 += kQueryBlockBwd) {
+          const int64_t qn = std::min(kQueryBlockBwd, N - i0);
+          const T* Q = q + base + i0 * d;
+          const T* dO = dout + base + i0 * d;
           gemm<T>(false, true, qn, kn, d, scale, Q, d, K, d, T(0), e.data(), kb);
           for (int64_t r = 0; r < qn; ++r) {
             const int64_t i = i0 + r;
             T* er = e.data() + r * kb;
             T* pr = p.data() + r * kb;
-            k_probs_row(er, pr, keep_b + j0, kn, row_max[bh * N + i], eps_over_n, inv_z[r]);
-            if (i >= j0 && i < j0 + kn) pr[i - j0] = (er[i - j0] + eps_over_n) * inv_z[r];
+            k_probs_row(er, pr, keep_b + j0, kn, row_max[bh * N + i], eps_over_n, inv_z[i]);
+            if (i >= j0 && i < j0 + kn) pr[i - j0] = (er[i - j0] + eps_over_n) * inv_z[i];
           }
           gemm<T>(true, false, kn, d, qn, T(1), p.data(), kb, dO, d, T(1), dv + base + j0 * d, d);
           gemm<T>(false, true, qn, kn, d, T(1), dO, d, V, d, T(0), ds.data(), kb);
           if (d_from_probs) {
-            for (int64_t r = 0; r < qn; ++r) D[r] = k_dot(p.data() + r * kb, ds.data() + r * kb, kn);
+            for (int64_t r = 0; r < qn; ++r) D[i0 + r] = k_dot(p.data() + r * kb, ds.data() + r * kb, kn);
           }
           for (int64_t r = 0; r < qn; ++r) {
             const int64_t i = i0 + r;
             T* dsr = ds.data() + r * kb;
             const T* er = e.data() + r * kb;
             const bool has_diag = i >= j0 && i < j0 + kn;
-            const T eg_diag = has_diag ? er[i - j0] * (dsr[i - j0] - D[r]) * inv_z[r] : T(0);
+            const T eg_diag = has_diag ? er[i - j0] * (dsr[i - j0] - D[i]) * inv_z[i] : T(0);
             const T dkeep_diag = has_diag ? dkeep_h[i] : T(0);
-            k_grad_scores_row(dsr, er, keep_b + j0, dkeep_h + j0, kn, D[r], inv_z[r]);
+            k_grad_scores_row(dsr, er, keep_b + j0, dkeep_h + j0, kn, D[i], inv_z[i]);
             if (has_diag) {  // w_ii = 1, and dkeep_j sums over i != j only
               dsr[i - j0] = eg_diag;
               dkeep_h[i] = dkeep_diag;
             }
           }
-          gemm<T>(false, false, qn, d, kn, scale, ds.data(), kb, K, d, j0 == 0 ? T(0) : T(1), dQ, d);
+          gemm<T>(false, false, qn, d, kn, scale, ds.data(), kb, K, d, j0 == 0 ? T(0) : T(1), dq + base + i0 * d, d);
           gemm<T>(true, false, kn, d, qn, scale, ds.data(), kb, Q, d, T(1), dk + base + j0 * d, d);
         }
       }
