@@ -16,7 +16,8 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(stpriv, m) {
   // ---- masked self-attention (paper Eq. 8-10; DynamicViT softmax_with_policy) ----
   // Returns the output and the per-row statistics the backward needs: row_max = m_i (max over
-  // all keys, float32) and row_sum = Z_i (the normalizer, eps included, float32).
+  // all keys) and row_sum = Z_i (the normalizer, eps included), both float32, or float64 for
+  // float64 inputs (so that gradcheck of the C++ path is exact).
   m.def(
       "masked_attention(Tensor q, Tensor k, Tensor v, Tensor keep, float? scale=None, "
       "float eps=1e-06) -> (Tensor out, Tensor row_max, Tensor row_sum)");
