@@ -15,7 +15,8 @@ from ._checks import check_nonempty, check_same_device, check_shape, check_tenso
 from ._extension import has_ops
 
 
-def _check_inputs(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, eps: float) -> None:
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, eps: float) -> None:
+    """Validates masked_attention's arguments; errors name the argument and what was expected."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=4)
     check_tensor("keep", keep, ndim=2)
@@ -51,7 +52,7 @@ def masked_attention(
     Returns:
         ``Tensor[B, H, N, d]`` in the dtype of ``q``.
     """
-    _check_inputs(q, k, v, keep, eps)
+    check_inputs(q, k, v, keep, eps)
     if not has_ops():
         return reference.masked_attention(q, k, v, keep, scale, eps)
     out, _, _ = torch.ops.stpriv.masked_attention(q, k, v, keep, scale, eps)

@@ -46,7 +46,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import reference
-from .._checks import check_nonempty, check_same_device, check_shape, check_tensor
+from .._checks import check_shape
+from ..masked_attention import check_inputs as check_masked_attention_inputs
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -496,23 +497,13 @@ def _launch(kernel, tuned, stage: str, length: int, tile: str, batch_heads: int,
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, eps: float) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, ndim=4)
-    check_tensor("keep", keep, ndim=2)
-    check_same_device(q=q, k=k, v=v, keep=keep)
-    B, H, N, d = q.shape
-    check_shape("k", k, (B, H, N, d), "[B, H, N, d] like q")
-    check_shape("v", v, (B, H, N, d), "[B, H, N, d] like q")
-    check_shape("keep", keep, (B, N), "[B, N] with B and N of q")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
-    check_nonempty(q=q)
+    # The op's own contract first (shared with the public wrapper), then the kernels' limits.
+    check_masked_attention_inputs(q, k, v, keep, eps)
+    B, H, _, d = q.shape
     if d > MAX_HEAD_DIM:
         raise ValueError(f"q's head dim (last axis) must be <= {MAX_HEAD_DIM} for the Triton kernels, got {d}")
     if B * H > _MAX_GRID_Y:
         raise ValueError(f"batch * heads of q must be <= {_MAX_GRID_Y} for the Triton kernels, got {B} * {H}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
