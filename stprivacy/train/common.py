@@ -1,4 +1,4 @@
-"""Small pieces the phases share: optimizers, loaders, recognizers, the privacy losses."""
+"""Small pieces the phases share: optimizers, recognizers, the privacy losses."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -6,9 +6,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from ..data.video_dataset import SkippingDataLoader
 from ..model import STPrivacyConfig, VideoClassifier
 from .config import TrainConfig
 
@@ -35,16 +33,6 @@ def clip_and_step(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
-
-
-def make_loader(dataset: Dataset, cfg: TrainConfig, *, shuffle: bool, seed_offset: int = 0) -> DataLoader:
-    """A loader whose batch order depends on ``cfg.seed`` only; training drops the last partial batch."""
-    generator = torch.Generator().manual_seed(cfg.seed * 7919 + seed_offset)
-    batch_size = min(cfg.batch_size, len(dataset)) if shuffle else cfg.batch_size
-    # Real video datasets collate with collate_fn, which drops unreadable videos; the loader then
-    # leaves out a batch in which every video was unreadable.
-    return SkippingDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
-                              num_workers=cfg.num_workers, collate_fn=getattr(dataset, "collate_fn", None))
 
 
 class NormalizedRecognizer(nn.Module):
