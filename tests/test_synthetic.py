@@ -87,6 +87,7 @@ def _cells(ds, code):
     return np.stack(xs), np.array(actions), np.stack(privacy)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # nothing to converge to
 def test_a_frame_level_classifier_cannot_beat_chance_on_action():
     train = SyntheticVideos("train", num_videos=300, seed=0, num_classes=4)
     test = SyntheticVideos("test", num_videos=300, seed=0, num_classes=4)
