@@ -74,7 +74,8 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
     privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
     if cfg.pretrained:  # ImageNet ViT-S, inflated to video (a resumed run overwrites it below)
-        for module in (model, action_rec, privacy_rec):
+        # The recognizers are wrapped in NormalizedRecognizer; the weights go to the ViT inside.
+        for module in (model, action_rec.classifier, privacy_rec.classifier):
             load_pretrained_vit(module, cfg.pretrained)
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = None
