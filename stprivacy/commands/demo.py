@@ -38,9 +38,9 @@ class DemoSettings:
     batch_size: int = 16
     base_lr: float = 0.1
     warmup_epochs: float = 0.25
-    init_epochs: int = 2
-    adv_epochs: int = 2
-    eval_epochs: int = 3
+    init_epochs: int = 8
+    adv_epochs: int = 6
+    eval_epochs: int = 8
     alpha: float = 0.7
     tradeoff_alphas: tuple[float, ...] = (0.5, 0.7, 0.9)
     num_classes: int = 4
