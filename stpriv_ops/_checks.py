@@ -35,3 +35,15 @@ def check_nonempty(**tensors: Tensor) -> None:
     for name, t in tensors.items():
         if t.numel() == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+
+
+def check_score_and_k(score: object, k: object) -> Tensor:
+    """``score: Tensor[B, L, N]`` (non-empty, floating) and an int ``k`` in ``[0, N]``."""
+    score = check_tensor("score", score, ndim=3)
+    check_nonempty(score=score)
+    N = score.shape[2]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 0 <= k <= N:
+        raise ValueError(f"k must be in [0, N={N}] (tubelets per step of score), got {k}")
+    return score

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from ._checks import check_nonempty, check_same_device, check_shape, check_tensor
+from ._checks import check_nonempty, check_same_device, check_score_and_k, check_shape, check_tensor
 from ._extension import has_ops
 
 # False while the compiled extension predates these ops (a stale build): the reference runs instead.
@@ -127,13 +127,7 @@ def gumbel_topk(
     Returns:
         ``Tensor[B, L, N]`` 0/1 keep mask (exactly k ones per step) in the dtype of score.
     """
-    check_tensor("score", score, ndim=3)
-    check_nonempty(score=score)
-    N = score.shape[2]
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 0 <= k <= N:
-        raise ValueError(f"k must be in [0, N={N}] (tubelets per step of score), got {k}")
+    check_score_and_k(score, k)
     tau = _check_tau(tau)
     _check_generator(generator)
     if noise is not None:

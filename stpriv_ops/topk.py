@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from ._checks import check_nonempty, check_same_device, check_tensor
+from ._checks import check_same_device, check_score_and_k, check_tensor
 from ._extension import has_ops
 
 # False while the compiled extension predates these ops (a stale build): the reference runs instead.
@@ -43,13 +43,7 @@ def topk_keep(score: Tensor, k: int) -> Tensor:
     Returns:
         ``Tensor[B, L, k]`` int64 indices in ``[0, N)``.
     """
-    check_tensor("score", score, ndim=3)
-    check_nonempty(score=score)
-    N = score.shape[2]
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 0 <= k <= N:
-        raise ValueError(f"k must be in [0, N={N}] (tubelets per step of score), got {k}")
+    check_score_and_k(score, k)
     if not _HAS_OP:
         return reference.topk_keep(score, k)
     return torch.ops.stpriv.topk_keep(score, k)
