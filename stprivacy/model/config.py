@@ -140,10 +140,16 @@ class STPrivacyConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> STPrivacyConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them."""
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown STPrivacyConfig keys: {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "data")
+
+
+def dataclass_from_dict(cls: type, data: Any, name: str) -> Any:
+    """``cls(**data)`` for a config dataclass, refusing a non-dict or unknown keys by name
+    (a typo in a config file must not be silently ignored)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be a dict, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}; expected a subset of {sorted(known)}")
+    return cls(**data)

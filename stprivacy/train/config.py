@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..model.config import dataclass_from_dict
+
 
 @dataclass
 class TrainConfig:
@@ -127,13 +129,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them."""
-        if not isinstance(data, dict):
-            raise TypeError(f"train config must be a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "train config")
 
 
 def get_lr(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
