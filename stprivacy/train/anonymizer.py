@@ -51,6 +51,22 @@ def _batches(train_set: Dataset, cfg: TrainConfig, phase: str) -> ResumableBatch
                             seed=cfg.seed * 7919 + PHASE_IDS[phase])
 
 
+def _log_and_checkpoint(phase: str, progress: Progress, values: dict[str, float], cfg: TrainConfig,
+                        logger: RunLogger | None, save: SaveFn | None, optimizers: dict[str, Any],
+                        steps_per_epoch: int, t0: float) -> float:
+    """After an optimizer step: log it, and every ``cfg.checkpoint_every`` steps inside an epoch
+    save a checkpoint (the epoch's end saves anyway). Returns the epoch timer's new start, since
+    the time spent so far is banked in ``progress`` before saving."""
+    if logger is not None:
+        logger.log(phase, progress.epoch + 1, progress.step, values)
+    if save is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
+            and progress.batch < steps_per_epoch:
+        progress.seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        save(progress, optimizers)
+    return t0
+
+
 def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dataset, cfg: TrainConfig, *,
                          save: SaveFn | None = None, resume: dict[str, Any] | None = None,
                          logger: RunLogger | None = None) -> dict[str, list[float]]:
@@ -101,13 +117,7 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
             clip_and_step(optimizer, cfg)
             progress.end_step(values)
             bar.set_postfix(action=f"{values['loss_action']:.3f}", spars=f"{values['loss_spars']:.4f}")
-            if logger is not None:
-                logger.log(phase, progress.epoch + 1, progress.step, values)
-            if save is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
-                    and progress.batch < len(batches):
-                progress.seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                save(progress, optimizers)
+            t0 = _log_and_checkpoint(phase, progress, values, cfg, logger, save, optimizers, len(batches), t0)
         progress.end_epoch(time.perf_counter() - t0)
         if save is not None:
             save(progress, optimizers)
@@ -187,13 +197,7 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
             clip_and_step(opt_recognizers, cfg)
             progress.end_step(values)
             bar.set_postfix(action=f"{values['loss_action']:.3f}", privacy=f"{values['loss_privacy']:.3f}")
-            if logger is not None:
-                logger.log(phase, progress.epoch + 1, progress.step, values)
-            if save is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
-                    and progress.batch < len(batches):
-                progress.seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                save(progress, optimizers)
+            t0 = _log_and_checkpoint(phase, progress, values, cfg, logger, save, optimizers, len(batches), t0)
         progress.end_epoch(time.perf_counter() - t0)
         if save is not None:
             save(progress, optimizers)
