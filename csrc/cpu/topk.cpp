@@ -5,6 +5,8 @@
 // ascending; NaN ranks like +inf), then the k winners sorted by index: O(N + k log k) per row.
 // gather/scatter copy whole D-rows; rows of one (b, l) step never overlap another step's, so the
 // parallel loop over steps needs no atomics, and scatter adds repeated indices deterministically.
+// scatter writes every output row exactly once, in order, and with non-temporal stores when the
+// output is large (see kStreamBytes).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -14,13 +16,70 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace stpriv {
 namespace {
+
+// Outputs of at least this many bytes are written with non-temporal (streaming) stores. A normal
+// store first reads the line it writes into the cache; for scatter's B32 L8 N49 D384 float32
+// output (19 MB, more than the 2-core VM's L2s hold) that doubled the traffic and cost 1.2-1.4 ms
+// per call where streaming stores take 0.4 ms (one core, benchmarks/RESULTS.md). Below it the
+// output stays in cache for the op that reads it next, which streaming stores would evict.
+constexpr int64_t kStreamBytes = int64_t(4) << 20;
+
+// dst[0, nbytes) = src[0, nbytes), or zeros when src is null, bypassing the cache when `stream`.
+// Streaming stores are weakly ordered: the caller ends its loop with finish_streaming().
+inline void write_row(char* __restrict dst, const char* __restrict src, int64_t nbytes, bool stream) {
+  const auto plain = [&](int64_t from, int64_t to) {
+    if (from >= to) return;
+    if (src) {
+      std::memcpy(dst + from, src + from, to - from);
+    } else {
+      std::memset(dst + from, 0, to - from);
+    }
+  };
+#if defined(__SSE2__)
+  if (stream) {
+    // Plain bytes up to dst's first 16-byte boundary, then whole 64-byte lines: four loads before
+    // four stores fill a write-combining buffer at once (16 bytes at a time was 1.4x slower).
+    const int64_t head = std::min<int64_t>(nbytes, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
+    plain(0, head);
+    int64_t i = head;
+    const auto store = [&](int64_t at, __m128i v) { _mm_stream_si128(reinterpret_cast<__m128i*>(dst + at), v); };
+    const auto load = [&](int64_t at) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + at)); };
+    if (src) {
+      for (; i + 64 <= nbytes; i += 64) {
+        const __m128i a = load(i), b = load(i + 16), c = load(i + 32), d = load(i + 48);
+        store(i, a), store(i + 16, b), store(i + 32, c), store(i + 48, d);
+      }
+      for (; i + 16 <= nbytes; i += 16) store(i, load(i));
+    } else {
+      const __m128i zero = _mm_setzero_si128();
+      for (; i + 16 <= nbytes; i += 16) store(i, zero);
+    }
+    plain(i, nbytes);
+    return;
+  }
+#endif
+  plain(0, nbytes);
+}
+
+// Orders this thread's streaming stores before whatever the caller does next (the end of the
+// parallel region, after which other threads read the output).
+inline void finish_streaming(bool stream) {
+#if defined(__SSE2__)
+  if (stream) _mm_sfence();
+#endif
+}
 
 at::Tensor topk_keep_cpu(const at::Tensor& score_in, int64_t k) {
   TORCH_CHECK(score_in.dim() == 3, "topk_keep: score must be [B, L, N], got shape ", score_in.sizes());
@@ -107,30 +166,48 @@ at::Tensor scatter_tokens_cpu(const at::Tensor& y_in, const at::Tensor& idx_in, 
   // is not zero-filled first: that would write the whole [B, L*N, D] grid twice.
   at::Tensor out = at::empty({B, L * N, D}, y.options());
   const int64_t* ip = idx.const_data_ptr<int64_t>();
+  const bool stream = static_cast<int64_t>(out.nbytes()) >= kStreamBytes;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "scatter_tokens_cpu", [&] {
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+    const int64_t row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
     at::parallel_for(0, B * L, grain_for(2 * N * D), [&](int64_t begin, int64_t end) {
-      std::vector<char> written(N);
+      constexpr int64_t kNone = -1;
+      std::vector<int64_t> first(N);  // the first j with idx[b, l, j] == n, or kNone
+      std::vector<char> repeated(N);
+      std::vector<scalar_t> sum(D);  // rows that several j point to are summed here
       for (int64_t bl = begin; bl < end; ++bl) {
-        scalar_t* step_out = outp + bl * N * D;  // rows b*L*N + l*N .. + N - 1
-        std::fill(written.begin(), written.end(), 0);
+        const int64_t* step_idx = ip + bl * k;
+        const scalar_t* step_y = yp + bl * k * D;
+        std::fill(first.begin(), first.end(), kNone);
+        std::fill(repeated.begin(), repeated.end(), 0);
         for (int64_t j = 0; j < k; ++j) {
-          const int64_t n = ip[bl * k + j];
-          const scalar_t* __restrict src = yp + (bl * k + j) * D;
-          scalar_t* __restrict dst = step_out + n * D;
-          if (!written[n]) {
-            std::memcpy(dst, src, D * sizeof(scalar_t));
-            written[n] = 1;
+          int64_t& f = first[step_idx[j]];
+          if (f == kNone) {
+            f = j;
           } else {
-            for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
+            repeated[step_idx[j]] = 1;
           }
         }
+        // Rows go out in order n = 0..N-1, one sequential stream per step.
+        char* step_out = reinterpret_cast<char*>(outp + bl * N * D);
         for (int64_t n = 0; n < N; ++n) {
-          if (!written[n]) std::memset(step_out + n * D, 0, D * sizeof(scalar_t));
+          const scalar_t* src = first[n] == kNone ? nullptr : step_y + first[n] * D;
+          if (repeated[n]) {
+            // In j order in scalar_t, as scatter_add into zeros adds them.
+            std::copy(src, src + D, sum.begin());
+            for (int64_t j = first[n] + 1; j < k; ++j) {
+              if (step_idx[j] != n) continue;
+              const scalar_t* __restrict row = step_y + j * D;
+              for (int64_t d = 0; d < D; ++d) sum[d] += row[d];
+            }
+            src = sum.data();
+          }
+          write_row(step_out + n * row_bytes, reinterpret_cast<const char*>(src), row_bytes, stream);
         }
       }
+      finish_streaming(stream);
     });
   });
   return out;
