@@ -176,7 +176,9 @@ at::Tensor scatter_tokens_cpu(const at::Tensor& y_in, const at::Tensor& idx_in, 
       constexpr int64_t kNone = -1;
       std::vector<int64_t> first(N);  // the first j with idx[b, l, j] == n, or kNone
       std::vector<char> repeated(N);
-      std::vector<scalar_t> sum(D);  // rows that several j point to are summed here
+      using acc_t = at::opmath_type<scalar_t>;
+      std::vector<acc_t> sum(D);        // rows that several j point to are summed here
+      std::vector<scalar_t> summed(D);  // and rounded once, as scatter_add does
       for (int64_t bl = begin; bl < end; ++bl) {
         const int64_t* step_idx = ip + bl * k;
         const scalar_t* step_y = yp + bl * k * D;
@@ -195,14 +197,16 @@ at::Tensor scatter_tokens_cpu(const at::Tensor& y_in, const at::Tensor& idx_in, 
         for (int64_t n = 0; n < N; ++n) {
           const scalar_t* src = first[n] == kNone ? nullptr : step_y + first[n] * D;
           if (repeated[n]) {
-            // In j order in scalar_t, as scatter_add into zeros adds them.
-            std::copy(src, src + D, sum.begin());
-            for (int64_t j = first[n] + 1; j < k; ++j) {
+            // In j order in float32 (float64 for float64), then rounded once: scatter_add's order
+            // and precision, so float16 / bfloat16 results match it bit for bit.
+            std::fill(sum.begin(), sum.end(), acc_t(0));
+            for (int64_t j = first[n]; j < k; ++j) {
               if (step_idx[j] != n) continue;
               const scalar_t* __restrict row = step_y + j * D;
-              for (int64_t d = 0; d < D; ++d) sum[d] += row[d];
+              for (int64_t d = 0; d < D; ++d) sum[d] += static_cast<acc_t>(row[d]);
             }
-            src = sum.data();
+            for (int64_t d = 0; d < D; ++d) summed[d] = static_cast<scalar_t>(sum[d]);
+            src = summed.data();
           }
           write_row(step_out + n * row_bytes, reinterpret_cast<const char*>(src), row_bytes, stream);
         }
