@@ -3,11 +3,14 @@
 // Forward: one pass over x. Each (b, l) group sums keep * x over its N tubelets into a float32
 // scratch row (float64 for float64); the spatio-temporal mean then reuses those per-step sums,
 // so x is read once for both means. The per-step sums run over register tiles of channels
-// (weighted_step_sums), built for AVX-512, AVX2 and baseline x86-64 and picked at load time. Backward: per (b, l), grad_x = keep_n * g with
+// (weighted_step_sums).
+// Backward: per (b, l), grad_x = keep_n * g with
 // g = grad_spatial / count_l + grad_spatiotemporal / count_b, and
 // grad_keep_n = x_n . g - (grad_spatial . spatial / count_l + grad_spatiotemporal . st / count_b),
 // which is sum_c g_c (x_nc - mean_c) split so that x is read once. Empty groups (count 0) use
 // 1/count := 0, so they give 0 and zero gradients.
+// The float32 inner loops of both are built for AVX-512, AVX2 and baseline x86-64 and picked at
+// load time (target_clones), so the build needs no -march flag.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -90,7 +93,7 @@ inline acc_t inverse_or_zero(acc_t count) {
 // x . g with kLanes independent partial sums: one running sum would make the loop wait on the
 // add latency, and the compiler may not reorder float additions to vectorize it by itself.
 template <typename scalar_t, typename acc_t>
-inline acc_t dot_product(const scalar_t* __restrict x, const acc_t* __restrict g, int64_t C) {
+STPRIV_MEAN_INLINE acc_t dot_product(const scalar_t* __restrict x, const acc_t* __restrict g, int64_t C) {
   constexpr int64_t kLanes = 16;
   acc_t partial[kLanes] = {};
   int64_t c = 0;
@@ -101,6 +104,35 @@ inline acc_t dot_product(const scalar_t* __restrict x, const acc_t* __restrict g
   for (; c < C; ++c) total += static_cast<acc_t>(x[c]) * g[c];
   for (int64_t lane = 0; lane < kLanes; ++lane) total += partial[lane];
   return total;
+}
+
+// One step's gradients: grad_x[n] = keep[n] * g and grad_keep[n] = x[n] . g - offset, for
+// x, grad_x: [N, C], g: [C].
+template <typename scalar_t, typename acc_t>
+STPRIV_MEAN_INLINE void step_grads_rows(const scalar_t* __restrict x, const scalar_t* __restrict keep,
+                                        const acc_t* __restrict g, acc_t offset, int64_t N, int64_t C,
+                                        scalar_t* __restrict grad_x, scalar_t* __restrict grad_keep) {
+  for (int64_t n = 0; n < N; ++n) {
+    const acc_t w = static_cast<acc_t>(keep[n]);
+    scalar_t* __restrict gx = grad_x + n * C;
+    for (int64_t c = 0; c < C; ++c) gx[c] = static_cast<scalar_t>(w * g[c]);
+    grad_keep[n] = static_cast<scalar_t>(dot_product(x + n * C, g, C) - offset);
+  }
+}
+
+STPRIV_MEAN_VECTORIZE void step_grads_f32(const float* x, const float* keep, const float* g, float offset, int64_t N,
+                                          int64_t C, float* grad_x, float* grad_keep) {
+  step_grads_rows<float, float>(x, keep, g, offset, N, C, grad_x, grad_keep);
+}
+
+template <typename scalar_t, typename acc_t>
+void step_grads(const scalar_t* x, const scalar_t* keep, const acc_t* g, acc_t offset, int64_t N, int64_t C,
+                scalar_t* grad_x, scalar_t* grad_keep) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    step_grads_f32(x, keep, g, offset, N, C, grad_x, grad_keep);
+  } else {
+    step_grads_rows<scalar_t, acc_t>(x, keep, g, offset, N, C, grad_x, grad_keep);
+  }
 }
 
 void check_masked_mean_inputs(const at::Tensor& x, const at::Tensor& keep) {
@@ -219,15 +251,8 @@ std::tuple<at::Tensor, at::Tensor> masked_mean_backward_cpu(const at::Tensor& gr
           g[c] = gs_c + gst_c;
           offset += gs_c * static_cast<acc_t>(sp[bl * C + c]) + gst_c * static_cast<acc_t>(stp[b * C + c]);
         }
-        const acc_t* __restrict gv = g.data();
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t row = bl * N + n;
-          const acc_t w = static_cast<acc_t>(kp[row]);
-          const scalar_t* __restrict xr = xp + row * C;
-          scalar_t* __restrict gxr = gxp + row * C;
-          for (int64_t c = 0; c < C; ++c) gxr[c] = static_cast<scalar_t>(w * gv[c]);
-          gkp[row] = static_cast<scalar_t>(dot_product(xr, gv, C) - offset);
-        }
+        step_grads<scalar_t, acc_t>(xp + bl * N * C, kp + bl * N, g.data(), offset, N, C, gxp + bl * N * C,
+                                    gkp + bl * N);
       }
     });
   });
