@@ -134,7 +134,7 @@ def test_eval_compaction_equals_masked_computation():
     model = model.double()
     out = model(video, keep_ratio=0.6)
     B, L, N = out.keep.shape
-    x = model.embed(video)
+    x = model.tokenize(video)
     keep = None
     for psb, mask in zip(model.psbs, out.keep_masks):
         for blk in psb.blocks:
@@ -164,7 +164,7 @@ def test_gradients_reach_predictor_through_masked_attention():
     model = make_model().train()
     cfg = model.cfg
     L, N = cfg.time_steps, cfg.tokens_per_step
-    x = model.embed(make_video(cfg))
+    x = model.tokenize(make_video(cfg))
     x, keep = model.psbs[0].forward_train(x, None, grid=(L, N), ratio=0.7, tau=1.0,
                                           generator=torch.Generator().manual_seed(0))
     assert keep is not None and 0 < keep.sum() < keep.numel()

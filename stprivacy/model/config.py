@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+TRAIN_SAMPLERS = ("gumbel", "gumbel_topk")
+
 
 @dataclass
 class STPrivacyConfig:
@@ -31,10 +33,23 @@ class STPrivacyConfig:
         alpha: keep ratio per PSB; after PSB ``m`` (1-based) a fraction ``alpha ** m`` of each
             time step's tubelets is kept. 1 keeps everything (the "anonymization only" ablation).
         gumbel_tau: temperature of the Gumbel-softmax relaxation in training.
+        train_sampler: how training decides which tubelets a PSB keeps. "gumbel": an independent
+            hard Gumbel-softmax decision per tubelet (paper Eq. 6), the count steered towards
+            ``alpha ** m`` by the sparsity loss. "gumbel_topk": exactly the count evaluation keeps,
+            ``floor(N * alpha ** m)`` per time step, sampled by Gumbel-perturbed top-k among the
+            tubelets still kept (``stpriv_ops.gumbel_topk``); training then sees the token
+            budget of deployment, and the keep ratio cannot drift or collapse.
         attn_eps: the smoothing term of the masked attention (DynamicViT's ``eps``).
         use_psb: False drops nothing and skips the predictors (an unpruned ViT encoder).
         use_pab: False outputs the sparsified input (kept tubelets' raw pixels, dropped ones
             black) instead of the decoder's output (the "sparsification only" ablation).
+        pab_residual: the PAB's Linear predicts a *change* of each kept tubelet's input pixels
+            (a skip connection from the input, with the Linear zero-initialized, so the PAB
+            starts as the identity on kept tubelets) instead of the pixels themselves. Off in
+            the paper's model; with it, the anonymization starts from the actor's own motion
+            instead of from noise, which short CPU runs need (docs/demo_results.md).
+        normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
+            statistics every recognizer here uses), before the tokenizer.
     """
 
     frames: int = 16
@@ -50,9 +65,12 @@ class STPrivacyConfig:
     qkv_bias: bool = True
     alpha: float = 0.7
     gumbel_tau: float = 1.0
+    train_sampler: str = "gumbel"
     attn_eps: float = 1e-6
     use_psb: bool = True
     use_pab: bool = True
+    pab_residual: bool = False
+    normalize_input: bool = True
 
     def __post_init__(self) -> None:
         self.tubelet = tuple(self.tubelet)
@@ -78,6 +96,8 @@ class STPrivacyConfig:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if not (self.gumbel_tau > 0 and math.isfinite(self.gumbel_tau)):
             raise ValueError(f"gumbel_tau must be a positive finite float, got {self.gumbel_tau}")
+        if self.train_sampler not in TRAIN_SAMPLERS:
+            raise ValueError(f"train_sampler must be one of {TRAIN_SAMPLERS}, got {self.train_sampler!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.attn_eps < 0:

@@ -9,6 +9,10 @@ from torch import Tensor, nn
 from . import ops
 
 
+# Pixel statistics that inputs are standardized with (Kinetics', as video pipelines use).
+PIXEL_MEAN, PIXEL_STD = 0.45, 0.225
+
+
 def init_weights(module: nn.Module) -> None:
     """timm's ViT init: truncated normal (std .02) Linear weights, zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):
@@ -101,6 +105,12 @@ def tubelets_to_video(patches: Tensor, *, time_steps: int, grid_size: tuple[int,
     return rearrange(
         patches, "b (l h w) (c dt dh dw) -> b c (l dt) (h dh) (w dw)", l=time_steps, h=h, w=w, dt=dt, dh=dh, dw=dw
     )
+
+
+def video_to_tubelets(video: Tensor, *, tubelet: tuple[int, int, int]) -> Tensor:
+    """Patchify, the inverse of :func:`tubelets_to_video`: ``Tensor[B, C, T, H, W]`` -> ``Tensor[B, L*N, C*dT*dH*dW]``."""
+    dt, dh, dw = tubelet
+    return rearrange(video, "b c (l dt) (h dh) (w dw) -> b (l h w) (c dt dh dw)", dt=dt, dh=dh, dw=dw)
 
 
 def keep_to_pixels(keep: Tensor, *, tubelet: tuple[int, int, int]) -> Tensor:

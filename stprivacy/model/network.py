@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .config import STPrivacyConfig
-from .layers import TubeletEmbed, init_weights, keep_to_pixels, tubelets_to_video
+from .layers import PIXEL_MEAN, PIXEL_STD, TubeletEmbed, init_weights, keep_to_pixels, tubelets_to_video, video_to_tubelets
 from .pab import AnonymizationBlock
 from .psb import PrivacySparsificationBlock, tokens_to_keep
 
@@ -71,9 +71,13 @@ class STPrivacy(nn.Module):
             else None
         )
         self.apply(init_weights)
+        if self.pab is not None and cfg.pab_residual:
+            # A zero head makes the PAB the identity on kept tubelets at the start of training.
+            nn.init.zeros_(self.pab.head.weight)
+            nn.init.zeros_(self.pab.head.bias)
 
-    def forward(self, video: Tensor, keep_ratio: float | None = None, *, generator: torch.Generator | None = None
-                ) -> STPrivacyOutput:
+    def forward(self, video: Tensor, keep_ratio: float | None = None, *, generator: torch.Generator | None = None,
+                score_scale: float = 1.0) -> STPrivacyOutput:
         """Anonymize a batch of clips.
 
         Args:
@@ -81,6 +85,9 @@ class STPrivacy(nn.Module):
             keep_ratio: keep ratio per PSB (``cfg.alpha`` when None); in evaluation it sets how
                 many tubelets survive, in training the sparsity targets returned.
             generator: random generator for the Gumbel noise (training only).
+            score_scale: training with the "gumbel_topk" sampler only: multiplies the predictors'
+                scores before the Gumbel top-k; 0 keeps a uniformly random subset of the same
+                size (the warm-up of ``TrainConfig.sparsity_hold_epochs``).
 
         Returns:
             :class:`STPrivacyOutput`.
@@ -88,28 +95,41 @@ class STPrivacy(nn.Module):
         self._check_video(video)
         ratio = self._check_ratio(keep_ratio)
         targets = self.cfg.target_ratios(ratio)
-        x = self.embed(video)
+        x = self.tokenize(video)
         if self.training:
-            x, keep, masks = self._encode_train(x, targets, generator)
+            x, keep, masks = self._encode_train(x, targets, generator, score_scale)
         else:
             x, keep, masks = self._encode_eval(x, targets)
         B, L, N = video.shape[0], self.cfg.time_steps, self.cfg.tokens_per_step
+        # Blackening the dropped tubelets uses the keep mask's value only, not its gradient: the
+        # derivative of ``pixels * keep`` at keep = 1 measures how the loss changes when a
+        # tubelet gets brighter, not when it disappears, and following it trained the predictors
+        # to drop the actor (docs/demo_results.md). The keep gradient comes from where a dropped
+        # tubelet really is absent: the masked attention of the PSBs and of the recognizers.
+        mask = None if keep is None else keep.detach()
         if self.pab is None:
-            anonymized = video.clone() if keep is None else video * self.keep_to_pixels(keep.view(B, L, N)).to(video.dtype)
+            anonymized = video.clone() if mask is None else video * self.keep_to_pixels(mask.view(B, L, N)).to(video.dtype)
         else:
+            patches = self.pab(x, mask)
+            if self.cfg.pab_residual:
+                pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
+                patches = patches + (pixels if mask is None else pixels * mask[..., None].to(pixels.dtype))
             anonymized = tubelets_to_video(
-                self.pab(x, keep), time_steps=L, grid_size=self.cfg.grid_size, tubelet=self.cfg.tubelet
+                patches, time_steps=L, grid_size=self.cfg.grid_size, tubelet=self.cfg.tubelet
             )
         keep = video.new_ones(B, L, N) if keep is None else keep.view(B, L, N).to(video.dtype)
         return STPrivacyOutput(video=anonymized, keep=keep, keep_masks=masks, target_ratios=targets)
 
-    def _encode_train(self, x: Tensor, targets: list[float], generator) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+    def _encode_train(self, x: Tensor, targets: list[float], generator, score_scale: float
+                      ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
         B = x.shape[0]
         L, N = self.cfg.time_steps, self.cfg.tokens_per_step
         keep, masks = None, []
         for m, psb in enumerate(self.psbs):
             ratio = targets[m] if targets else 1.0
-            x, keep = psb.forward_train(x, keep, grid=(L, N), ratio=ratio, tau=self.cfg.gumbel_tau, generator=generator)
+            budget = tokens_to_keep(N, ratio) if self.cfg.train_sampler == "gumbel_topk" else None
+            x, keep = psb.forward_train(x, keep, grid=(L, N), ratio=ratio, tau=self.cfg.gumbel_tau, generator=generator,
+                                        budget=budget, score_scale=score_scale)
             if targets:
                 masks.append(x.new_ones(B, L, N) if keep is None else keep.view(B, L, N))
         return x, keep, masks
@@ -133,6 +153,11 @@ class STPrivacy(nn.Module):
     def _index_to_mask(index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
         B, L, _ = index.shape
         return torch.zeros(B, L, n, dtype=dtype, device=index.device).scatter_(-1, index, 1.0)
+
+    def tokenize(self, video: Tensor) -> Tensor:
+        """``Tensor[B, C, T, H, W]`` in [0, 1] -> tokens ``Tensor[B, L*N, D]`` (standardized first
+        when ``cfg.normalize_input``)."""
+        return self.embed((video - PIXEL_MEAN) / PIXEL_STD if self.cfg.normalize_input else video)
 
     @torch.no_grad()
     def anonymize(self, video: Tensor, keep_ratio: float | None = None) -> Tensor:

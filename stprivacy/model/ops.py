@@ -67,6 +67,16 @@ def gumbel_keep(log_probs: Tensor, prev: Tensor, tau: float, generator=None, noi
     return stpriv_ops.gumbel_keep(log_probs, prev, tau=tau, generator=generator, noise=noise)
 
 
+def gumbel_topk(score: Tensor, k: int, tau: float, generator=None) -> Tensor:
+    """``Tensor[B, L, N]``: exactly ``k`` tokens per step sampled by Gumbel-perturbed top-k of
+    ``score``, as a 0/1 mask with a straight-through (softmax over the step) gradient."""
+    if _USE_REFERENCE.get():
+        device = generator.device if generator is not None else score.device
+        uniform = torch.rand(score.shape, generator=generator, device=device, dtype=torch.float32).to(score.device)
+        return reference.gumbel_topk(score, k, reference.gumbel_noise(uniform.clamp_(2.0**-24, 1.0 - 2.0**-24)), tau)
+    return stpriv_ops.gumbel_topk(score, k, tau=tau, generator=generator)
+
+
 def topk_keep(score: Tensor, k: int) -> Tensor:
     """``Tensor[B, L, k]`` (int64, sorted): the k best tokens of each time step."""
     if _USE_REFERENCE.get():

@@ -10,6 +10,20 @@ from . import ops
 from .layers import Block
 
 
+# The score of an already dropped tubelet in the Gumbel top-k: finite, so the softmax of the
+# straight-through gradient stays NaN-free, and low enough that no Gumbel draw lifts it.
+_DROPPED_SCORE = -1e4
+
+
+def keep_score(log_probs: Tensor) -> Tensor:
+    """The ranking score of each token, ``log p(keep) - log p(drop)``: ``Tensor[..., 2]`` -> ``Tensor[...]``.
+
+    Not ``log p(keep)`` alone: that saturates at exactly 0 in float32 once the predictor is
+    confident (logit gap > ~17), and the top-k then breaks the tie by position, not by merit.
+    """
+    return log_probs[..., 0] - log_probs[..., 1]
+
+
 def tokens_to_keep(num_tokens: int, ratio: float) -> int:
     """``floor(num_tokens * ratio)``, at least 1; the tiny slack absorbs ``0.7 ** 2 = 0.48999...``."""
     return max(1, math.floor(num_tokens * ratio + 1e-9))
@@ -76,7 +90,8 @@ class PrivacySparsificationBlock(nn.Module):
         self.predictor = KeepPredictor(dim) if predictor else None
 
     def forward_train(self, x: Tensor, keep: Tensor | None, *, grid: tuple[int, int], ratio: float, tau: float,
-                      generator=None) -> tuple[Tensor, Tensor | None]:
+                      generator=None, budget: int | None = None, score_scale: float = 1.0
+                      ) -> tuple[Tensor, Tensor | None]:
         """One PSB in training.
 
         Args:
@@ -86,6 +101,9 @@ class PrivacySparsificationBlock(nn.Module):
             ratio: this block's cumulative target keep ratio; at 1 nothing is dropped.
             tau: Gumbel-softmax temperature.
             generator: random generator for the Gumbel noise.
+            budget: None decides per tubelet (hard Gumbel-softmax, Eq. 6); an int keeps exactly
+                that many tubelets per time step among those still kept (Gumbel top-k).
+            score_scale: with ``budget``, multiplies the scores (0: a uniformly random subset).
 
         Returns:
             ``(x, keep)``: ``Tensor[B, L*N, D]`` and the new ``Tensor[B, L*N]`` (None: all kept).
@@ -98,8 +116,13 @@ class PrivacySparsificationBlock(nn.Module):
         L, N = grid
         log_probs = self.predictor(x.view(B, L, N, D), None if keep is None else keep.view(B, L, N))
         prev = x.new_ones(B, L * N) if keep is None else keep
-        keep = ops.gumbel_keep(log_probs.view(B, L * N, 2), prev, tau, generator)
-        return x, keep
+        if budget is None:
+            return x, ops.gumbel_keep(log_probs.view(B, L * N, 2), prev, tau, generator)
+        score = keep_score(log_probs) * score_scale
+        if keep is not None:  # only tubelets still kept compete; budget <= their count per step
+            score = score.masked_fill(keep.view(B, L, N) == 0, _DROPPED_SCORE)
+        chosen = ops.gumbel_topk(score, budget, tau, generator).view(B, L * N)
+        return x, chosen * prev  # a subset of prev; the product carries the gradient to it too
 
     def forward_eval(self, x: Tensor, index: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
         """One PSB in evaluation, on the compacted tokens.
@@ -118,5 +141,5 @@ class PrivacySparsificationBlock(nn.Module):
         if self.predictor is None or k >= n:
             return x, index
         log_probs = self.predictor(x.view(B, L, n, x.shape[-1]))
-        local = ops.topk_keep(log_probs[..., 0], k)
+        local = ops.topk_keep(keep_score(log_probs), k)
         return ops.gather_tokens(x, local), index.gather(-1, local)

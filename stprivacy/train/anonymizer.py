@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..model import STPrivacy
 from .common import clip_and_step, make_optimizer, privacy_adversary_loss, set_lr, to_device
-from .config import TrainConfig, get_lr
+from .config import TrainConfig, get_lr, sparsity_warmup
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
                           sync_gradients, usable_on_all_ranks)
 from .loop import PHASE_IDS, Progress, SaveFn, StepValues, autocast, prepare
@@ -44,6 +44,14 @@ def _spars(out) -> torch.Tensor:
 def _schedule(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> tuple[int, int, float]:
     total = epochs * steps_per_epoch
     return total, round(cfg.warmup_epochs * steps_per_epoch), cfg.peak_lr * cfg.min_lr_ratio
+
+
+def _warmup_schedule(model: STPrivacy, remaining: float) -> tuple[float | None, float]:
+    """(keep_ratio, score_scale) of the forward pass while ``remaining`` (1 -> 0) of the
+    sparsification warm-up is left; see ``TrainConfig.sparsity_hold_epochs``."""
+    if model.cfg.train_sampler == "gumbel_topk":
+        return None, 1.0 - remaining  # deployment-size subsets, picked at random at first
+    return 1.0 - (1.0 - model.cfg.alpha) * (1.0 - remaining), 1.0  # nothing dropped at first
 
 
 def _batches(train_set: Dataset, cfg: TrainConfig, phase: str) -> ResumableBatches:
@@ -93,6 +101,7 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
     optimizers = {"anonymizer": optimizer}
     progress = Progress.resume(phase, resume, optimizers)
     total, warmup, min_lr = _schedule(cfg, cfg.init_epochs, len(batches))
+    hold, ramp = round(cfg.sparsity_hold_epochs * len(batches)), round(cfg.sparsity_ramp_epochs * len(batches))
     while progress.epoch < cfg.init_epochs:
         t0 = time.perf_counter()
         loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
@@ -103,12 +112,14 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
                 progress.skip_batch()
                 continue
             set_lr(optimizer, get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr))
+            keep_ratio, score_scale = _warmup_schedule(model, sparsity_warmup(progress.step, hold, ramp))
             optimizer.zero_grad(set_to_none=True)
             step_values = StepValues(accum)
             for a, micro in micro_batches(batch, accum, [net, rec]):
                 video, action, _ = to_device(micro, device)
                 with autocast(cfg, device):
-                    out = net(video, generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
+                    out = net(video, keep_ratio, score_scale=score_scale,
+                              generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
                     loss_spars = _spars(out)
                     loss_action = F.cross_entropy(rec(out.video, out.keep), action)
                 ((loss_spars + loss_action) / accum).backward()

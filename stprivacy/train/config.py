@@ -28,6 +28,16 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay, on matrices only (not on biases or norms).
         grad_clip: max global gradient norm (0 = no clipping).
         init_epochs, adv_epochs, eval_epochs: epochs of the three phases (paper: 80 / 40 / 80).
+        sparsity_hold_epochs, sparsity_ramp_epochs: phase 1's warm-up of the sparsification:
+            the predictors have no say for ``sparsity_hold_epochs``, then take over linearly
+            over ``sparsity_ramp_epochs``. With the model's "gumbel_topk" sampler the hold keeps
+            uniformly random subsets of the deployment size (the predictors' scores are scaled
+            by 0, then by 0 -> 1 during the ramp); with "gumbel" nothing is dropped during the
+            hold, and the keep-ratio target falls from 1 to ``alpha`` during the ramp. Why: a
+            predictor trained from step 0 against a recognizer that is still at chance, or
+            that never saw a masked video, learns to drop the actor (whose tubelets make the
+            early recognizer's mistakes confident) and never recovers (docs/demo_results.md).
+            0 and 0: the paper's schedule (its recognizers start from pretrained weights).
         lambda_action, lambda_privacy: the weights of the adversarial objective (paper: 0.5).
         privacy_adversary: "negative_bce" (the paper's ``- lambda_P L_privacy``) or "entropy"
             (maximize the privacy recognizer's per-attribute entropy, bounded, a common
@@ -63,6 +73,8 @@ class TrainConfig:
     init_epochs: int = 80
     adv_epochs: int = 40
     eval_epochs: int = 80
+    sparsity_hold_epochs: float = 0.0
+    sparsity_ramp_epochs: float = 0.0
     lambda_action: float = 0.5
     lambda_privacy: float = 0.5
     privacy_adversary: str = "negative_bce"
@@ -88,7 +100,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        for name in ("base_lr", "weight_decay", "grad_clip", "warmup_epochs", "lambda_action", "lambda_privacy"):
+        for name in ("base_lr", "weight_decay", "grad_clip", "warmup_epochs", "sparsity_hold_epochs", "sparsity_ramp_epochs", "lambda_action",
+                     "lambda_privacy"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -139,3 +152,13 @@ def get_lr(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0, m
         return peak_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak_lr - min_lr)
+
+
+def sparsity_warmup(step: int, hold_steps: int, ramp_steps: int) -> float:
+    """How much of phase 1's sparsification warm-up remains: 1 for ``hold_steps`` steps, then
+    linearly down to 0 over ``ramp_steps``, then 0 (``TrainConfig.sparsity_hold_epochs``)."""
+    if step < hold_steps:
+        return 1.0
+    if step >= hold_steps + ramp_steps:
+        return 0.0
+    return 1.0 - (step - hold_steps + 1) / ramp_steps
