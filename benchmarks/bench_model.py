@@ -4,6 +4,8 @@ Providers, same weights and inputs in one run:
   stpriv     STPrivacy on the stpriv_ops kernels (masked attention, masked means, Gumbel, top-k)
   reference  the same model on the eager references (DynamicViT-style attention and means)
   unpruned   the same encoder and decoder with nothing dropped: plain ViT blocks on SDPA (baseline)
+  xformers   stpriv with the unmasked attention on xformers' memory-efficient kernel (the optional
+             extra; skipped where xformers is not installed)
 
 Configs: ``small`` (the CPU preset, B8 on CPU, B32 on CUDA) and ``vit_s`` (the paper's model,
 16 x 112 x 112: B32 with bf16 autocast on CUDA; on CPU B2 in float32, only with
@@ -16,6 +18,7 @@ runs the small config once per case.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -23,9 +26,9 @@ import pytest
 import torch
 
 import stpriv_ops
-from stprivacy.model import STPrivacy, STPrivacyConfig, reference_ops
+from stprivacy.model import STPrivacy, STPrivacyConfig, attention_backend, reference_ops
 
-PROVIDERS = ["stpriv", "reference", "unpruned"]
+PROVIDERS = ["stpriv", "reference", "unpruned", "xformers"]
 CONFIGS = {"small": STPrivacyConfig.small(), "vit_s": STPrivacyConfig.vit_s()}
 BATCH = {("small", "cpu"): 8, ("small", "cuda"): 32, ("vit_s", "cpu"): 2, ("vit_s", "cuda"): 32}
 
@@ -35,6 +38,8 @@ def _setup(config: str, provider: str, device: torch.device, smoke: bool, traini
         pytest.skip("smoke mode runs the small config only")
     if config == "vit_s" and device.type == "cpu" and os.environ.get("STPRIV_BENCH_VITS") != "1":
         pytest.skip("ViT-S on CPU takes seconds per step; set STPRIV_BENCH_VITS=1 to run it")
+    if provider == "xformers":
+        pytest.importorskip("xformers.ops", reason="xformers (the optional extra) is not installed")
     cfg = CONFIGS[config]
     if provider == "unpruned":
         cfg = dataclasses.replace(cfg, use_psb=False)
@@ -46,7 +51,11 @@ def _setup(config: str, provider: str, device: torch.device, smoke: bool, traini
 
     def context():
         # Fresh context objects per call: the benchmark enters them many times.
-        return reference_ops(provider == "reference"), torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+        stack = contextlib.ExitStack()
+        stack.enter_context(reference_ops(provider == "reference"))
+        stack.enter_context(attention_backend("xformers" if provider == "xformers" else "sdpa"))
+        stack.enter_context(torch.autocast(device.type, dtype=amp, enabled=amp is not None))
+        return stack
 
     return model, video, context
 
@@ -59,8 +68,7 @@ def test_training_step(benchmark, measure, device, smoke, config, provider):
     benchmark.group = f"model train step, {config} ({device.type})"
 
     def step():
-        ops_context, amp_context = context()
-        with ops_context, amp_context:
+        with context():
             out = model(video)
             loss = out.video.float().square().mean()
             if out.keep_masks:
@@ -82,8 +90,7 @@ def test_inference(benchmark, measure, device, smoke, config, provider):
 
     @torch.inference_mode()
     def infer():
-        ops_context, amp_context = context()
-        with ops_context, amp_context:
+        with context():
             return model(video)
 
     out = measure(benchmark, infer, device=device, baseline=provider == "unpruned")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
@@ -48,7 +47,8 @@ class Attention(nn.Module):
 
     With a keep mask the dropped keys are masked out by ``stpriv_ops.masked_attention`` (whose
     gradient for ``keep`` trains the predictor); without one every token is a real token and
-    PyTorch's SDPA runs (flash / memory-efficient kernels where available).
+    PyTorch's SDPA runs (flash / memory-efficient kernels where available), or xformers'
+    memory-efficient attention where :func:`stprivacy.model.ops.attention_backend` selects it.
     """
 
     def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = True, eps: float = 1e-6):
@@ -65,7 +65,7 @@ class Attention(nn.Module):
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if keep is None:
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            x = ops.attention(q, k, v, self.scale)  # SDPA, or xformers where chosen
         else:
             x = ops.masked_attention(q, k, v, keep, self.scale, self.eps)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

@@ -3,17 +3,30 @@
 Everything in ``stprivacy.model`` calls the kernels through this module, so that one switch,
 :func:`reference_ops`, runs the same model on ``stpriv_ops.reference`` (DynamicViT-style eager
 PyTorch) instead: that is how the benchmarks and tests compare the two with the same weights.
+
+Attention without a mask (every token real: after compaction, in the recognizers on unpruned
+video, in the anonymization block) runs on PyTorch's SDPA, or on xformers' memory-efficient
+attention where that is installed and measured faster on the user's GPU: the optional extra
+``pip install stpriv[xformers]``, selected with :func:`attention_backend` or the environment
+variable ``STPRIVACY_ATTENTION=xformers``. Nothing requires xformers.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
+import os
 from collections.abc import Iterator
 
 import stpriv_ops
 import torch
+import torch.nn.functional as F
 from stpriv_ops import reference
 from torch import Tensor
+
+ATTENTION_BACKENDS = ("sdpa", "xformers")
+_ATTENTION_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("stprivacy_attention_backend",
+                                                                                default=None)
 
 _USE_REFERENCE = contextvars.ContextVar("stprivacy_use_reference_ops", default=False)
 
@@ -36,6 +49,56 @@ def reference_ops(enabled: bool = True) -> Iterator[None]:
 
 def using_reference() -> bool:
     return _USE_REFERENCE.get()
+
+
+@contextlib.contextmanager
+def attention_backend(name: str) -> Iterator[None]:
+    """Within this context unmasked attention runs on ``name``: "sdpa" or "xformers".
+
+    Example::
+
+        with attention_backend("xformers"):
+            out = model.eval()(video)   # compacted tokens on xformers' memory-efficient kernel
+    """
+    token = _ATTENTION_BACKEND.set(_check_backend(name, "name"))
+    try:
+        yield
+    finally:
+        _ATTENTION_BACKEND.reset(token)
+
+
+def current_attention_backend() -> str:
+    """The backend in force: :func:`attention_backend`'s, else ``$STPRIVACY_ATTENTION``, else "sdpa"."""
+    name = _ATTENTION_BACKEND.get()
+    if name is not None:
+        return name
+    return _check_backend(os.environ.get("STPRIVACY_ATTENTION", "sdpa"), "the environment variable STPRIVACY_ATTENTION")
+
+
+def _check_backend(name: str, what: str) -> str:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"{what} must be one of {ATTENTION_BACKENDS}, got {name!r}")
+    return name
+
+
+def _xformers_ops():
+    try:
+        return importlib.import_module("xformers.ops")
+    except ImportError as err:
+        raise RuntimeError(
+            "the attention backend 'xformers' was requested but xformers is not installed: "
+            "`pip install stpriv[xformers]`, or use the default backend 'sdpa'"
+        ) from err
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """``Tensor[B, H, N, d]``: plain softmax attention over every token (no mask)."""
+    if current_attention_backend() == "xformers":
+        xops = _xformers_ops()
+        # xformers takes [B, N, H, d]: the transposes are views, not copies.
+        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float, eps: float) -> Tensor:
