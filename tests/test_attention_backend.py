@@ -43,7 +43,8 @@ def test_default_is_sdpa(monkeypatch):
     monkeypatch.delenv("STPRIVACY_ATTENTION", raising=False)
     assert current_attention_backend() == "sdpa"
     q, k, v = _qkv()
-    torch.testing.assert_close(attention(q, k, v, 0.3), torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+    torch.testing.assert_close(attention(q, k, v, 0.3), want)
 
 
 def test_xformers_backend_matches_sdpa(fake_xformers):

@@ -67,7 +67,8 @@ def test_gumbel_topk_sampler_trains_the_predictors():
 
 def test_score_scale_zero_keeps_random_subsets_whatever_the_predictors_say():
     video = random_video(tiny_config())
-    a, b = make_model(seed=0, train_sampler="gumbel_topk").train(), make_model(seed=1, train_sampler="gumbel_topk").train()
+    a = make_model(seed=0, train_sampler="gumbel_topk").train()
+    b = make_model(seed=1, train_sampler="gumbel_topk").train()
     for model in (a, b):  # confident predictors, so that their scores outweigh the Gumbel noise
         for layer in (layer for psb in model.psbs for layer in psb.predictor.modules()):
             if isinstance(layer, torch.nn.Linear):

@@ -108,7 +108,8 @@ def tubelets_to_video(patches: Tensor, *, time_steps: int, grid_size: tuple[int,
 
 
 def video_to_tubelets(video: Tensor, *, tubelet: tuple[int, int, int]) -> Tensor:
-    """Patchify, the inverse of :func:`tubelets_to_video`: ``Tensor[B, C, T, H, W]`` -> ``Tensor[B, L*N, C*dT*dH*dW]``."""
+    """Patchify, the inverse of :func:`tubelets_to_video`:
+    ``Tensor[B, C, T, H, W]`` -> ``Tensor[B, L*N, C*dT*dH*dW]``."""
     dt, dh, dw = tubelet
     return rearrange(video, "b c (l dt) (h dh) (w dw) -> b (l h w) (c dt dh dw)", dt=dt, dh=dh, dw=dw)
 

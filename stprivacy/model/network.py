@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from . import ops
 from .config import STPrivacyConfig
-from .layers import PIXEL_MEAN, PIXEL_STD, TubeletEmbed, init_weights, keep_to_pixels, tubelets_to_video, video_to_tubelets
+from .layers import (PIXEL_MEAN, PIXEL_STD, TubeletEmbed, init_weights, keep_to_pixels, tubelets_to_video,
+                     video_to_tubelets)
 from .pab import AnonymizationBlock
 from .psb import PrivacySparsificationBlock, tokens_to_keep
 
@@ -108,7 +109,8 @@ class STPrivacy(nn.Module):
         # tubelet really is absent: the masked attention of the PSBs and of the recognizers.
         mask = None if keep is None else keep.detach()
         if self.pab is None:
-            anonymized = video.clone() if mask is None else video * self.keep_to_pixels(mask.view(B, L, N)).to(video.dtype)
+            blackening = None if mask is None else self.keep_to_pixels(mask.view(B, L, N)).to(video.dtype)
+            anonymized = video.clone() if blackening is None else video * blackening
         else:
             patches = self.pab(x, mask)
             if self.cfg.pab_residual:
