@@ -210,7 +210,13 @@ def topk_grads(fn, score, grad, dtype, **kwargs):
 
 @requires_ops
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape, k", [((2, 3, 49), 16), ((1, 2, 5), 5), ((2, 1, 9), 0), ((1, 1, 1), 1)], ids=str)
+@pytest.mark.parametrize(
+    "shape, k",
+    # N <= 64 selects by counting ranks in C++, longer steps by nth_element: both sides of 64.
+    [((2, 3, 49), 16), ((1, 2, 5), 5), ((2, 1, 9), 0), ((1, 1, 1), 1), ((1, 2, 64), 21), ((2, 2, 65), 22),
+     ((1, 3, 196), 67)],
+    ids=str,
+)
 def test_topk_exact_given_noise(shape, k, dtype):
     score, noise, grad = topk_inputs(*shape)
     noise_c = noise.to(torch.promote_types(dtype, torch.float32))
@@ -234,6 +240,36 @@ def test_topk_property_float64(B, L, N, data, ties, seed):
     want = topk_grads(lambda s: reference.gumbel_topk(s, k, noise, 0.7), score, grad, torch.float64)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
+
+
+@requires_ops
+@pytest.mark.parametrize("N", [49, 100], ids=lambda n: f"N{n}")
+def test_topk_soft_at_extreme_scores(N):
+    # The float32 softmax uses its own exp: check it where exp underflows (spreads of ~100/tau),
+    # at -inf scores (softmax 0), against torch.softmax; a NaN score makes its step NaN, as there.
+    g = torch.Generator().manual_seed(3)
+    score = torch.randn(4, 3, N, generator=g) * torch.tensor([1.0, 30.0, 300.0]).view(1, 3, 1)
+    score[0, 0, :3] = float("-inf")
+    score[1, 2, 5] = float("nan")
+    noise = reference.gumbel_noise(torch.rand(4, 3, N, generator=g).clamp(1e-6, 1 - 1e-6))
+    for tau in (0.3, 1.0):
+        keep, soft = torch.ops.stpriv.gumbel_topk(score, 7, noise, None, tau)
+        # The kernel's float32 (score + noise) / tau, exactly; the softmax of it in float64, and in
+        # float32 by torch (whose error, from rounding x - max in float32, sets the bar).
+        scaled = (score + noise) / tau
+        want, peer = torch.softmax(scaled.double(), dim=-1), torch.softmax(scaled, dim=-1).double()
+        # Below the smallest normal float the kernel's exp flushes to 0: absolute error there.
+        tiny = torch.finfo(torch.float32).tiny
+        assert torch.equal(soft.isnan(), want.isnan())
+        normal = want >= tiny
+        rel_err = ((soft.double() - want).abs() / want)[normal].max().item()
+        peer_err = ((peer - want).abs() / want)[normal].max().item()
+        assert rel_err <= 2 * peer_err + 1e-6, f"softmax relative error {rel_err:.3g} (torch float32: {peer_err:.3g})"
+        assert (soft.double() - want)[~normal & ~want.isnan()].abs().max().item() <= tiny
+        assert soft[1, 2].isnan().all() and not soft[1, :2].isnan().any() and (soft[0, 0, :3] == 0).all()
+        # (reference.gumbel_topk's straight-through sum is NaN on a NaN step: compare the hard mask.)
+        hard = torch.zeros_like(score).scatter(-1, reference.topk_keep(score + noise, 7), 1.0)
+        assert torch.equal(keep, hard) and keep[1, 2, 5] == 1
 
 
 @requires_ops
