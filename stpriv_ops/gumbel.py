@@ -190,11 +190,16 @@ def _register() -> None:
         _, soft = output
         ctx.save_for_backward(soft)
         ctx.tau = tau
+        # soft is saved for the backward, not differentiated: no zero gradient is made for it.
+        ctx.mark_non_differentiable(soft)
+        ctx.set_materialize_grads(False)
 
     def topk_backward(ctx, grad_keep, _grad_soft):
+        if grad_keep is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
         (soft,) = ctx.saved_tensors
         grad_score = torch.ops.stpriv._gumbel_topk_backward(grad_keep.contiguous(), soft, ctx.tau)
-        return grad_score if ctx.needs_input_grad[0] else None, None, None, None, None
+        return grad_score, None, None, None, None
 
     torch.library.register_autograd("stpriv::gumbel_topk", topk_backward, setup_context=topk_setup_context)
 

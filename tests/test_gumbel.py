@@ -243,6 +243,18 @@ def test_topk_property_float64(B, L, N, data, ties, seed):
 
 
 @requires_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("N", [49, 100], ids=lambda n: f"N{n}")
+def test_topk_ties_go_to_the_lower_index(N, dtype):
+    # Many equal perturbed scores: the C++ ranking's second pass (ties straddling the k-th place).
+    score, noise, _ = topk_inputs(3, 4, N, seed=4, ties=True)
+    for k in (1, 7, N // 3, N - 1):
+        keep, _ = torch.ops.stpriv.gumbel_topk(score.to(dtype), k, noise.float(), None, 1.0)
+        want = reference.gumbel_topk(score.to(dtype), k, noise.float(), 1.0)
+        assert torch.equal(keep, want), f"k={k}"
+
+
+@requires_ops
 @pytest.mark.parametrize("N", [49, 100], ids=lambda n: f"N{n}")
 def test_topk_soft_at_extreme_scores(N):
     # The float32 softmax uses its own exp: check it where exp underflows (spreads of ~100/tau),
