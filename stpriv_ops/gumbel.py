@@ -166,8 +166,13 @@ def _register() -> None:
         _, logit = output
         ctx.save_for_backward(logit, prev)
         ctx.tau = tau
+        # logit is saved for the backward, not differentiated: no zero gradient is made for it.
+        ctx.mark_non_differentiable(logit)
+        ctx.set_materialize_grads(False)
 
     def keep_backward(ctx, grad_keep, _grad_logit):
+        if grad_keep is None:
+            return None, None, None, None, None
         logit, prev = ctx.saved_tensors
         grad_lp, grad_prev = torch.ops.stpriv._gumbel_keep_backward(grad_keep.contiguous(), logit, prev, ctx.tau)
         need_lp, need_prev = ctx.needs_input_grad[:2]
