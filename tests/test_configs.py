@@ -17,3 +17,19 @@ def test_example_config_parses(path):
 
 def test_configs_exist():
     assert len(CONFIGS) >= 3
+
+
+def test_synthetic_config_is_the_demo_recipe():
+    """`stprivacy train --config configs/synthetic_small.json` trains what `stprivacy demo` does."""
+    from stprivacy.commands.demo import FULL
+    from stprivacy.model import STPrivacyConfig
+
+    model, train = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic_small.json")
+    assert model == STPrivacyConfig.small(alpha=FULL.alpha, **FULL.model)
+    assert train.dataset_kwargs == {"train_videos": FULL.train_videos, "test_videos": FULL.test_videos,
+                                    "num_classes": FULL.num_classes}
+    for name in ("batch_size", "base_lr", "warmup_epochs", "init_epochs", "adv_epochs", "eval_epochs"):
+        assert getattr(train, name) == getattr(FULL, name), name
+    for name, value in FULL.train.items():
+        assert getattr(train, name) == value, name
+    assert train.recognizer == FULL.recognizer
