@@ -324,6 +324,25 @@ def test_topk_reproducible():
 
 
 @requires_ops
+def test_sampling_does_not_depend_on_the_thread_count():
+    # Two threads split the tokens at chunk edges that are not Philox-block aligned (49 per step).
+    seed = torch.tensor(2**40 + 12345)
+    score = torch.randn(32, 8, 49)
+    lp, prev = torch.log_softmax(torch.randn(16, 3000, 2), -1), torch.ones(16, 3000)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append((torch.ops.stpriv.gumbel_topk(score, 16, None, seed, 0.5),
+                            torch.ops.stpriv.gumbel_keep(lp, prev, None, seed, 1.0)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@requires_ops
 def test_topk_opcheck_and_compile():
     score, noise, grad = topk_inputs(2, 3, 10)
     op = torch.ops.stpriv.gumbel_topk.default

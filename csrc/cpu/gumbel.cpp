@@ -268,6 +268,7 @@ STPRIV_GUMBEL_INLINE float softmax_exp(float x) {
   const int32_t bits = __builtin_bit_cast(int32_t, x);
   const int32_t magnitude = bits & 0x7fffffff;
   const int32_t nan_mask = (0x7f800000 - magnitude) >> 31;  // all ones where x is NaN
+  // All ones where x < kMinArgument (-inf included): negative, and larger in magnitude.
   const int32_t underflow_mask = (bits >> 31) & ((__builtin_bit_cast(int32_t, -kMinArgument) - magnitude) >> 31);
   const int32_t special = nan_mask | underflow_mask;
   const float xc = __builtin_bit_cast(float, (bits & ~special) | (__builtin_bit_cast(int32_t, kMinArgument) & special));
@@ -321,8 +322,10 @@ STPRIV_GUMBEL_INLINE acc_t max_of(const acc_t* __restrict x, int64_t count) {
 constexpr int64_t kRankCountMaxN = 64;
 
 // ahead[n] = how many tubelets rank ahead of tubelet n: those with a higher value and, when
-// kTiesByIndex, those with an equal value and a lower index. O(N^2) compares, but branch-free and
-// vectorized over n: the inner loop has a constant trip count, unrolled over vector registers.
+// kTiesByIndex, those with an equal value and a lower index. `padded` holds the step's N values
+// then anything up to kRankCountMaxN (those lanes are counted but never read). O(N^2) compares,
+// but branch-free and vectorized over n: the inner loop has a constant trip count, unrolled over
+// vector registers.
 template <bool kTiesByIndex, typename acc_t>
 STPRIV_GUMBEL_INLINE void count_ahead(const acc_t* __restrict padded, int32_t N, int32_t* __restrict ahead) {
   std::fill(ahead, ahead + kRankCountMaxN, 0);
@@ -374,14 +377,14 @@ void keep_top_k_by_selection(const acc_t* value, int64_t N, int64_t k, scalar_t*
 }
 
 // gumbel_topk for `rows` time steps of N tubelets: the keep mask and softmax((score + noise) / tau).
-// `scratch` holds 2 * max(N, kRankCountMaxN) values.
+// `scratch` holds 2 * N values.
 template <typename scalar_t, typename acc_t, typename noise_t>
 STPRIV_GUMBEL_VECTORIZE
 void gumbel_topk_rows(const scalar_t* __restrict score, const noise_t* __restrict noise, int64_t rows, int64_t N,
                       int64_t k, acc_t tau, scalar_t* __restrict keep, acc_t* __restrict soft,
                       acc_t* __restrict scratch) {
   acc_t* __restrict scaled = scratch;          // (score + noise) / tau
-  acc_t* __restrict ranked = scratch + std::max(N, kRankCountMaxN);  // score + noise, NaN as +inf
+  acc_t* __restrict ranked = scratch + N;  // score + noise, NaN as +inf
   for (int64_t row = 0; row < rows; ++row, score += N, noise += N, keep += N, soft += N) {
     for (int64_t n = 0; n < N; ++n) {
       const acc_t perturbed = static_cast<acc_t>(score[n]) + static_cast<acc_t>(noise[n]);
@@ -423,7 +426,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& score_in, i
     const acc_t tau_acc = static_cast<acc_t>(tau);
     at::parallel_for(0, B * L, grain_for(N * (np ? 8 : 12)), [&](int64_t begin, int64_t end) {
       const int64_t first = begin * N, rows = end - begin;
-      std::vector<acc_t> scratch(2 * std::max(N, kRankCountMaxN));
+      std::vector<acc_t> scratch(2 * N);
       if (np) {
         gumbel_topk_rows(sp + first, np + first, rows, N, k, tau_acc, kp + first, softp + first, scratch.data());
       } else {
