@@ -65,5 +65,8 @@ def assert_close_to_oracle(name, got, want, dtype, same_dtype_ref=None):
         if dtype in (torch.float16, torch.bfloat16):
             raise AssertionError(f"{name}: error {err:.3g} > 2 x reference error {ref_err:.3g} + {atol}")
     # float32: within the table, or (above) within 2x the float32 reference's own error, which grows
-    # with the magnitude of the scores.
-    torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+    # with the magnitude of the scores. The absolute tolerance also scales with the tensor's largest
+    # entry: a dkeep entry sums N terms as large as that, and where they cancel to a small value its
+    # rounding error is still of their size (seen: 3e-4 on an entry of 3.4 among entries of 860).
+    scale = want.abs().max().item() if want.numel() else 0.0
+    torch.testing.assert_close(got, want, atol=max(atol, atol * scale), rtol=rtol, msg=lambda m: f"{name}: {m}")

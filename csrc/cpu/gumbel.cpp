@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/exp_approx.h"
 #include "cpu/grain.h"
 
 #include <algorithm>
@@ -258,8 +259,8 @@ std::tuple<at::Tensor, at::Tensor> gumbel_keep_backward_cpu(const at::Tensor& gr
 
 // ---- gumbel_topk ----
 
-// exp(x) for the softmax, where x = score / tau - (row max) <= 0, or NaN. In float a branch-free
-// Cephes expf (within 1.5 ulp) so that the loop over a step vectorizes; glibc's expf does not
+// exp(x) for the softmax, where x = score / tau - (row max) <= 0, or NaN. In float the branch-free
+// Cephes expf of exp_approx.h, so that the loop over a step vectorizes; glibc's expf does not
 // without -ffast-math. exp(x) below FLT_MIN (x < -87.34) gives 0; a NaN stays NaN. The special
 // cases are selected with masks from sign shifts, not comparisons: with those (under GCC's default
 // -ftrapping-math) the loop stayed scalar.
@@ -272,18 +273,7 @@ STPRIV_GUMBEL_INLINE float softmax_exp(float x) {
   const int32_t underflow_mask = (bits >> 31) & ((__builtin_bit_cast(int32_t, -kMinArgument) - magnitude) >> 31);
   const int32_t special = nan_mask | underflow_mask;
   const float xc = __builtin_bit_cast(float, (bits & ~special) | (__builtin_bit_cast(int32_t, kMinArgument) & special));
-  // exp(x) = 2^n exp(r) with n = round(x / ln 2) (the 1.5 * 2^23 trick) and |r| <= ln(2) / 2.
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;  // ln 2 in two parts: n * first is exact
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const float two_to_n = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-  const int32_t y = __builtin_bit_cast(int32_t, p * two_to_n);
+  const int32_t y = __builtin_bit_cast(int32_t, exp_in_range(xc));
   return __builtin_bit_cast(float, (y & ~special) | (bits & nan_mask));
 }
 inline double softmax_exp(double x) { return std::exp(x); }

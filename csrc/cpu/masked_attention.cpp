@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/exp_approx.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -126,23 +128,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 
 STPRIV_INLINE float exp_approx(float x) {
   // The kernels only take exp of (score - row max) <= 0; the clamp keeps 2^n a normal float.
-  x = std::min(std::max(x, -87.3f), 88.3f);
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float n = x * 1.44269504088896341f + shifter;
-  n -= shifter;
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return exp_in_range(std::min(std::max(x, -87.3f), 88.3f));
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
