@@ -420,7 +420,8 @@ def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
 
 
 # Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) for H100/H200, per class of
-# inputs (16-bit with head dim <= 64 or 128; float32, whose 3xTF32 products need more registers);
+# inputs (16-bit with head dim <= 64 or 128; float32, whose 3xTF32 products need more registers,
+# with head dim <= 64 or 128);
 # the first of each list is the default when autotuning is off. Chosen by compiling for sm_90 with
 # Triton 3.9 and reading registers and spills (cuobjdump --dump-resource-usage): tiles that spill
 # much are left out. Forward: big query tiles amortize the K/V stream. dkdv: large key tile, small
@@ -430,16 +431,19 @@ CONFIGS = {
         "d<=64": _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4)]),
         "d=128": _configs([(128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 4)]),
         "fp32": _configs([(128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 3)]),
+        "fp32,d=128": _configs([(64, 32, 4, 2), (64, 64, 8, 2)]),
     },
     "dkdv": {
         "d<=64": _configs([(32, 128, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2)]),
         "d=128": _configs([(32, 64, 8, 2), (16, 128, 8, 2), (32, 128, 8, 2)]),
         "fp32": _configs([(16, 64, 4, 2), (32, 128, 8, 3), (32, 128, 8, 2)]),
+        "fp32,d=128": _configs([(16, 64, 4, 2), (32, 64, 8, 2)]),
     },
     "dq": {
         "d<=64": _configs([(128, 32, 8, 2), (128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]),
         "d=128": _configs([(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3)]),
         "fp32": _configs([(128, 32, 8, 2), (64, 32, 4, 2)]),
+        "fp32,d=128": _configs([(64, 32, 4, 2), (32, 32, 4, 2)]),
     },
 }
 # Autotuning compiles every candidate once per (N, head dim, dtype): tens of seconds per new shape.
@@ -449,7 +453,12 @@ _AUTOTUNE = os.environ.get("STPRIV_TRITON_AUTOTUNE", "1") != "0"
 
 def candidate_configs(stage: str, head_dim: int, n: int, dtype: torch.dtype) -> list[triton.Config]:
     """The autotuning candidates of a stage ("fwd", "dkdv", "dq") for these inputs."""
-    group = "fp32" if dtype == torch.float32 else "d<=64" if head_dim <= 64 else "d=128"
+    if dtype == torch.float32:
+        # float32 tiles are twice the bytes: at head dim 128 the float32 dq default (128 x 32, two
+        # stages) asked for 320 KiB of shared memory on an H200, whose limit is 227 KiB.
+        group = "fp32" if head_dim <= 64 else "fp32,d=128"
+    else:
+        group = "d<=64" if head_dim <= 64 else "d=128"
     configs = CONFIGS[stage][group]
     n_cap = max(16, triton.next_power_of_2(n))  # no tile far beyond the sequence
     fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= n_cap and c.kwargs["BLOCK_N"] <= n_cap]
