@@ -51,7 +51,10 @@ def _compiled_reference():
 def _flex_attention(keep: torch.Tensor):
     from torch.nn.attention.flex_attention import flex_attention
 
-    log_keep = keep.log()
+    # Computed once, outside the timed call, and detached: FlexAttention gives no usable keep
+    # gradient (log(0) = -inf at dropped keys), so like SDPA it is timed for q, k, v gradients only.
+    # (Keeping it attached made the second timed backward run through a freed graph on an H200.)
+    log_keep = keep.detach().log()
 
     def score_mod(score, b, h, q_idx, kv_idx):
         return torch.where(q_idx == kv_idx, score, score + log_keep[b, kv_idx])
