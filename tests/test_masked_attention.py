@@ -1,10 +1,6 @@
 """masked_attention through torch.ops.stpriv (the C++ CPU kernel), against the float64 oracle."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import given
@@ -13,6 +9,7 @@ from hypothesis import strategies as st
 import stpriv_ops
 from stpriv_ops import reference
 from attention_cases import assert_close_to_oracle, oracle, run_op, sample_inputs
+from without_extension import run_without_extension
 
 pytestmark = pytest.mark.skipif(not stpriv_ops.has_ops(), reason="stpriv_ops._C is not built")
 
@@ -157,13 +154,8 @@ def test_cpp_errors_name_the_argument():
 
 def test_fallback_without_extension_warns_once_and_matches():
     # Hide stpriv_ops._C from the import system: the package must still work, through the reference.
-    code = """
-import importlib.abc, sys, warnings
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "stpriv_ops._C":
-            raise ImportError("blocked for the test")
-sys.meta_path.insert(0, Block())
+    run_without_extension("""
+import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import stpriv_ops, torch
@@ -174,7 +166,4 @@ msgs = [str(w.message) for w in caught if "stpriv_ops._C" in str(w.message)]
 assert not stpriv_ops.has_ops() and len(msgs) == 1, msgs
 torch.testing.assert_close(out, stpriv_ops.reference.masked_attention(q, q, q, keep))
 print("fallback ok")
-"""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 0 and "fallback ok" in res.stdout, res.stderr
+""")

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from hypothesis import strategies as st
 
 import stpriv_ops
 from stpriv_ops import reference
+from without_extension import run_without_extension
 
 requires_ops = pytest.mark.skipif(not stpriv_ops.has_ops(), reason="stpriv_ops._C is not built")
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -233,13 +232,8 @@ def test_triton_topk_keep_float64_keeps_fine_differences():
 
 def test_all_pruning_ops_fall_back_to_the_reference_without_extension():
     # Hide stpriv_ops._C: every token-pruning op must still run, through its reference.
-    code = """
-import importlib.abc, sys, warnings
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "stpriv_ops._C":
-            raise ImportError("blocked for the test")
-sys.meta_path.insert(0, Block())
+    run_without_extension("""
+import warnings
 warnings.simplefilter("ignore")
 import stpriv_ops, torch
 from stpriv_ops import reference as R
@@ -260,7 +254,4 @@ tokens = torch.randn(2, 15, 4)
 assert torch.equal(stpriv_ops.scatter_tokens(stpriv_ops.gather_tokens(tokens, idx), idx, 5),
                    R.scatter_tokens(R.gather_tokens(tokens, idx), idx, 5))
 print("fallback ok")
-"""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 0 and "fallback ok" in res.stdout, res.stderr
+""")

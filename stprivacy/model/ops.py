@@ -115,6 +115,14 @@ def masked_mean(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     return stpriv_ops.masked_mean(x, keep)
 
 
+def _open_uniform(like: Tensor, generator) -> Tensor:
+    """Uniforms in the open interval (0, 1), float32, shaped and placed like ``like``: the reference
+    path's noise source (drawn on the generator's device)."""
+    device = generator.device if generator is not None else like.device
+    uniform = torch.rand(like.shape, generator=generator, device=device, dtype=torch.float32).to(like.device)
+    return uniform.clamp_(2.0**-24, 1.0 - 2.0**-24)
+
+
 def gumbel_keep(log_probs: Tensor, prev: Tensor, tau: float, generator=None, noise: Tensor | None = None) -> Tensor:
     """``Tensor[B, T]``: hard Gumbel keep decision times ``prev``, straight-through gradient.
 
@@ -123,9 +131,7 @@ def gumbel_keep(log_probs: Tensor, prev: Tensor, tau: float, generator=None, noi
     """
     if _USE_REFERENCE.get():
         if noise is None:
-            device = generator.device if generator is not None else prev.device
-            uniform = torch.rand(prev.shape, generator=generator, device=device, dtype=torch.float32).to(prev.device)
-            noise = reference.logistic_noise(uniform.clamp_(2.0**-24, 1.0 - 2.0**-24))
+            noise = reference.logistic_noise(_open_uniform(prev, generator))
         return reference.gumbel_keep(log_probs, prev, noise, tau)
     return stpriv_ops.gumbel_keep(log_probs, prev, tau=tau, generator=generator, noise=noise)
 
@@ -134,9 +140,7 @@ def gumbel_topk(score: Tensor, k: int, tau: float, generator=None) -> Tensor:
     """``Tensor[B, L, N]``: exactly ``k`` tokens per step sampled by Gumbel-perturbed top-k of
     ``score``, as a 0/1 mask with a straight-through (softmax over the step) gradient."""
     if _USE_REFERENCE.get():
-        device = generator.device if generator is not None else score.device
-        uniform = torch.rand(score.shape, generator=generator, device=device, dtype=torch.float32).to(score.device)
-        return reference.gumbel_topk(score, k, reference.gumbel_noise(uniform.clamp_(2.0**-24, 1.0 - 2.0**-24)), tau)
+        return reference.gumbel_topk(score, k, reference.gumbel_noise(_open_uniform(score, generator)), tau)
     return stpriv_ops.gumbel_topk(score, k, tau=tau, generator=generator)
 
 

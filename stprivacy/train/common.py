@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import STPrivacyConfig, VideoClassifier
+from ..model.layers import PIXEL_MEAN, PIXEL_STD
 from .config import TrainConfig
 
 
@@ -45,7 +46,7 @@ class NormalizedRecognizer(nn.Module):
     synthetic benchmark's motion in about 150 (measured: 95% top-1 after 150 steps).
     """
 
-    def __init__(self, classifier: VideoClassifier, mean: float = 0.45, std: float = 0.225):
+    def __init__(self, classifier: VideoClassifier, mean: float = PIXEL_MEAN, std: float = PIXEL_STD):
         super().__init__()
         self.classifier = classifier
         self.mean, self.std = mean, std
