@@ -49,7 +49,7 @@ def small_config() -> STPrivacyConfig:
 
 
 def test_inflated_shapes_and_values(tmp_path):
-    state = fake_vit_state_dict()
+    state = fake_vit_state_dict(depth=6)
     path = tmp_path / "vit_small.safetensors"
     save_file(state, str(path))
     cfg = small_config()
@@ -66,11 +66,16 @@ def test_inflated_shapes_and_values(tmp_path):
     grid = state["pos_embed"][:, 1:].reshape(1, GRID, GRID, D).permute(0, 3, 1, 2)
     expected = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
     torch.testing.assert_close(per_step[0], expected[0])
-    # Block i of the ViT -> block i % depth of PSB i // depth; the 4th ViT block is unused here.
+    # Block i of the ViT -> block i % depth of PSB i // depth, then the PAB's blocks (as the
+    # release's ViT-S: blocks 1-9 encode, 10-12 decode); the 6th ViT block is unused here.
     torch.testing.assert_close(model.psbs[2].blocks[0].mlp.fc1.weight, state["blocks.2.mlp.fc1.weight"])
-    assert "blocks.3.attn.qkv.weight" in report.unused and "cls_token" in report.unused and "head.weight" in report.unused
-    assert all(n.startswith(("pab.", "psbs.0.predictor", "psbs.1.predictor", "psbs.2.predictor")) for n in report.missing)
-    assert "pab.head.weight" in report.missing and "embed.pos_embed" in report.loaded
+    torch.testing.assert_close(model.pab.blocks[0].attn.qkv.weight, state["blocks.3.attn.qkv.weight"])
+    torch.testing.assert_close(model.pab.blocks[1].norm2.bias, state["blocks.4.norm2.bias"])
+    assert "blocks.5.attn.qkv.weight" in report.unused and "cls_token" in report.unused and "head.weight" in report.unused
+    assert sorted({n.rsplit(".", 1)[0] for n in report.missing}) == [
+        "pab.head", "pab.norm", *[f"psbs.{m}.predictor.{layer}" for m in range(3)
+                                  for layer in ("in_conv.0", "in_conv.1", "out_conv.0", "out_conv.2", "out_conv.4")]]
+    assert "embed.pos_embed" in report.loaded
 
 
 def test_static_clip_gives_the_image_models_patch_tokens():

@@ -13,7 +13,9 @@ SIZES = dict(embed_dim=24, depth=2, num_heads=2, mlp_ratio=2.0)
 
 def make_classifier(num_classes=5, seed=0, **overrides) -> VideoClassifier:
     torch.manual_seed(seed)
-    return VideoClassifier(num_classes, **{**GEOMETRY, **SIZES, **overrides}).eval()
+    model = VideoClassifier(num_classes, **{**GEOMETRY, **SIZES, **overrides}).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # the zero init would make every logit 0
+    return model
 
 
 def make_video(batch=3, seed=1, dtype=torch.float32) -> torch.Tensor:
@@ -78,7 +80,7 @@ def test_video_classifier_from_config_and_multilabel():
     action = VideoClassifier.from_config(cfg, 10)
     privacy = VideoClassifier.from_config(cfg, 5, multilabel=True, depth=1)
     assert not action.multilabel and privacy.multilabel
-    assert len(action.encoder.blocks) == cfg.depth * cfg.num_psb and len(privacy.encoder.blocks) == 1
+    assert len(action.encoder.blocks) == cfg.num_blocks and len(privacy.encoder.blocks) == 1
     video = torch.rand(2, 3, cfg.frames, cfg.image_size, cfg.image_size)
     out = STPrivacy(cfg).eval()(video)
     assert action(out.video, out.keep).shape == (2, 10)

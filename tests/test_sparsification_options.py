@@ -168,17 +168,38 @@ def test_residual_pab_learns_a_change_of_the_pixels():
 
 
 def test_input_standardization():
-    on, off = make_model(seed=0), make_model(seed=0, normalize_input=False)
+    on, off = make_model(seed=0, normalize_input=True), make_model(seed=0)
     video = random_video(on.cfg)
     torch.testing.assert_close(on.tokenize(video), on.embed((video - PIXEL_MEAN) / PIXEL_STD))
     torch.testing.assert_close(off.tokenize(video), off.embed(video))
-    assert dataclasses.asdict(STPrivacyConfig())["normalize_input"] is True
+    assert dataclasses.asdict(STPrivacyConfig.vit_s())["normalize_input"] is False  # the release has none
 
 
 def test_keep_gradient_flows_through_attention_not_through_blackening():
     """Sparsification only: the output is ``video * keep``. Its keep gradient would say how the
-    loss changes when a tubelet gets brighter; the model takes the mask's value only."""
-    model = make_model(use_pab=False).train()
+    loss changes when a tubelet gets brighter; with ``detach_blackening`` the model takes the
+    mask's value only (the release's blackening, the default, carries it)."""
+    model = make_model(use_pab=False, detach_blackening=True).train()
     out = model(random_video(model.cfg), generator=torch.Generator().manual_seed(0))
     assert not out.video.requires_grad
     assert out.keep.requires_grad  # what the recognizers' masked attention differentiates
+    model = make_model(use_pab=False).train()
+    out = model(random_video(model.cfg), generator=torch.Generator().manual_seed(0))
+    assert out.video.requires_grad
+
+
+def test_detached_blackening_keeps_the_pab_gradient_to_keep():
+    """With a PAB, detaching the blackening still leaves the keep gradient of the PAB's masked
+    attention; the values are the same either way."""
+    video = random_video(tiny_config())
+    outs = {}
+    for detach in (False, True):
+        model = make_model(seed=0, detach_blackening=detach).train()
+        out = model(video, generator=torch.Generator().manual_seed(0))
+        probe = torch.randn_like(out.video)
+        last_predictor = model.psbs[-1].predictor.out_conv[4].weight
+        grads = torch.autograd.grad((out.video * probe).sum(), last_predictor)[0]
+        outs[detach] = (out.video.detach(), grads)
+    torch.testing.assert_close(outs[False][0], outs[True][0])
+    assert outs[True][1].abs().sum() > 0  # the PAB's attention still differentiates the last mask
+    assert not torch.allclose(outs[False][1], outs[True][1])

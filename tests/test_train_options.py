@@ -15,7 +15,7 @@ from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.train import (TrainConfig, build_dataset, load_checkpoint, load_latest, train_anonymizer,
                              train_initialization)
 from stprivacy.train.distributed import ResumableBatches
-from stprivacy.train.common import clip_and_step, make_recognizer
+from stprivacy.train.common import backbone_lr, clip_and_step, make_optimizer, make_recognizer, set_lr
 from stprivacy.train.run_log import read_csv
 from train_fixtures import TINY_MODEL, TINY_TRAIN, one_thread
 
@@ -151,3 +151,49 @@ def test_a_batch_without_readable_videos_is_skipped_and_resume_stays_exact(tmp_p
     assert history_resumed["initialization"]["loss_action"] == history["initialization"]["loss_action"]
     for name, tensor in full.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+# ---- the release's optimizer rules: predictor group, backbone cap and warm-up, layer decay ------
+
+def _release_rules_config(**overrides):
+    return TrainConfig(batch_size=512, base_lr=1e-3, **overrides)
+
+
+def test_predictors_are_their_own_group_and_layers_decay():
+    cfg = _release_rules_config(layer_decay=0.5)
+    model = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, depth=1, num_psb=3, pab_depth=2))
+    optimizer = make_optimizer([model], cfg)
+    by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    top = model.cfg.num_blocks + 1  # 5 blocks: the tokenizer is layer 0, the PAB's head layer 6
+    assert by_param[id(named["embed.proj.weight"])]["lr_scale"] == 0.5 ** top
+    assert by_param[id(named["psbs.1.blocks.0.attn.qkv.weight"])]["lr_scale"] == 0.5 ** (top - 2)
+    assert by_param[id(named["pab.blocks.1.mlp.fc1.weight"])]["lr_scale"] == 0.5 ** (top - 5)
+    assert by_param[id(named["pab.head.weight"])]["lr_scale"] == 1.0
+    predictor = by_param[id(named["psbs.2.predictor.out_conv.0.weight"])]
+    assert predictor["role"] == "predictor" and predictor["lr_scale"] == 0.5 ** (top - 3)
+    assert by_param[id(named["pab.norm.bias"])]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+
+
+def test_backbone_learning_rate_is_capped_and_warmed_up():
+    cfg = _release_rules_config(backbone_lr_ratio=0.1, predictor_warmup_epochs=2)
+    peak = cfg.peak_lr
+    assert backbone_lr(peak, step=19, cfg=cfg, steps_per_epoch=10) == 0.0  # predictors alone
+    assert backbone_lr(peak, step=20, cfg=cfg, steps_per_epoch=10) == pytest.approx(0.1 * peak)
+    assert backbone_lr(0.01 * peak, step=50, cfg=cfg, steps_per_epoch=10) == pytest.approx(0.01 * peak)
+    w = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([{"params": [w], "role": "backbone", "lr_scale": 0.5},
+                                   {"params": [torch.nn.Parameter(torch.zeros(2))], "role": "predictor",
+                                    "lr_scale": 1.0}])
+    set_lr(optimizer, 1.0, backbone_lr=0.2)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 1.0]
+    defaults = _release_rules_config()
+    assert backbone_lr(0.3 * peak, 0, defaults, 10) == pytest.approx(0.3 * peak)  # one rate for all
+
+
+@pytest.mark.parametrize("field,value", [("backbone_lr_ratio", 0.0), ("layer_decay", 1.5),
+                                         ("predictor_warmup_epochs", -1)])
+def test_release_rules_reject_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        _release_rules_config(**{field: value})

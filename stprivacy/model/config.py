@@ -11,7 +11,7 @@ TRAIN_SAMPLERS = ("gumbel", "gumbel_topk")
 
 @dataclass
 class STPrivacyConfig:
-    """Geometry, sizes and switches of STPrivacy; the defaults are the paper's ViT-S (§4.3).
+    """Geometry, sizes and switches of STPrivacy; the defaults are the authors' released ViT-S (paper §4.3).
 
     Videos are ``Tensor[B, in_chans, frames, image_size, image_size]`` with pixels in [0, 1];
     black (the value of a dropped tubelet) is 0. Tubelets are ``tubelet = (dT, dH, dW)``, so the
@@ -25,11 +25,16 @@ class STPrivacyConfig:
         tubelet: ``(dT, dH, dW)``, the Conv3d kernel and stride of the tokenizer.
         embed_dim: token width D.
         num_heads: attention heads (must divide ``embed_dim``).
-        depth: transformer blocks in each privacy sparsification block (PSB).
-        num_psb: number of PSBs; ``depth * num_psb`` blocks in all (12 for ViT-S).
-        pab_depth: transformer blocks in the privacy anonymization block (PAB).
+        depth: transformer blocks in each privacy sparsification block (PSB); its keep predictor
+            runs after them.
+        num_psb: number of PSBs.
+        pab_depth: transformer blocks in the privacy anonymization block (PAB), the decoder after
+            the last predictor. ``depth * num_psb + pab_depth`` blocks in all: the authors'
+            release is one 12-block ViT-S with predictors after blocks 3, 6 and 9 and blocks
+            10-12 + LayerNorm + Linear as the PAB (3 x 3 + 3).
         mlp_ratio: hidden width of the MLPs, as a multiple of ``embed_dim``.
         qkv_bias: whether the fused qkv projection has a bias.
+        norm_eps: epsilon of the transformer blocks' and the PAB's LayerNorms (ViT-S: 1e-6).
         alpha: keep ratio per PSB; after PSB ``m`` (1-based) a fraction ``alpha ** m`` of each
             time step's tubelets is kept. 1 keeps everything (the "anonymization only" ablation).
         gumbel_tau: temperature of the Gumbel-softmax relaxation in training.
@@ -44,12 +49,22 @@ class STPrivacyConfig:
         use_pab: False outputs the sparsified input (kept tubelets' raw pixels, dropped ones
             black) instead of the decoder's output (the "sparsification only" ablation).
         pab_residual: the PAB's Linear predicts a *change* of each kept tubelet's input pixels
-            (a skip connection from the input, with the Linear zero-initialized, so the PAB
-            starts as the identity on kept tubelets) instead of the pixels themselves. Off in
-            the paper's model; with it, the anonymization starts from the actor's own motion
-            instead of from noise, which short CPU runs need (docs/demo_results.md).
+            (a skip connection from the input, the Linear zero-initialized, so the PAB starts as
+            the identity on kept tubelets) instead of the pixels themselves. The anonymization
+            then starts from the actor's own motion instead of from noise, which short runs from
+            scratch need.
         normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
             statistics every recognizer here uses), before the tokenizer.
+        detach_blackening: in training, black out the dropped tubelets of the output with the
+            keep mask's value only, not its gradient. The gradient of ``pixels * keep`` says how
+            the loss changes when a tubelet gets brighter, not when it disappears; following it,
+            predictors trained from scratch learned to drop the actor. Detached, the keep
+            gradient comes only from where a dropped tubelet really is absent: the masked
+            attention of the PSBs, the PAB and the mask-aware recognizers.
+
+    ``pab_residual``, ``normalize_input``, ``detach_blackening`` and ``train_sampler="gumbel_topk"``
+    are this project's additions, off in :meth:`vit_s` (the release has none of them);
+    docs/demo_results.md has the measurements behind turning them on for short CPU runs.
     """
 
     frames: int = 16
@@ -58,11 +73,12 @@ class STPrivacyConfig:
     tubelet: tuple[int, int, int] = (2, 16, 16)
     embed_dim: int = 384
     num_heads: int = 6
-    depth: int = 4
+    depth: int = 3
     num_psb: int = 3
     pab_depth: int = 3
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
+    norm_eps: float = 1e-6
     alpha: float = 0.7
     gumbel_tau: float = 1.0
     train_sampler: str = "gumbel"
@@ -70,7 +86,8 @@ class STPrivacyConfig:
     use_psb: bool = True
     use_pab: bool = True
     pab_residual: bool = False
-    normalize_input: bool = True
+    normalize_input: bool = False
+    detach_blackening: bool = False
 
     def __post_init__(self) -> None:
         self.tubelet = tuple(self.tubelet)
@@ -100,6 +117,8 @@ class STPrivacyConfig:
             raise ValueError(f"train_sampler must be one of {TRAIN_SAMPLERS}, got {self.train_sampler!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not (self.norm_eps > 0 and math.isfinite(self.norm_eps)):
+            raise ValueError(f"norm_eps must be a positive finite float, got {self.norm_eps}")
         if self.attn_eps < 0:
             raise ValueError(f"attn_eps must be >= 0, got {self.attn_eps}")
 
@@ -126,6 +145,11 @@ class STPrivacyConfig:
         return self.time_steps * self.tokens_per_step
 
     @property
+    def num_blocks(self) -> int:
+        """Transformer blocks of the anonymizer: ``depth * num_psb + pab_depth`` (12 for ViT-S)."""
+        return self.depth * self.num_psb + self.pab_depth
+
+    @property
     def tubelet_pixels(self) -> int:
         """Values in one tubelet, ``in_chans * dT * dH * dW`` (the PAB's output width)."""
         return self.in_chans * math.prod(self.tubelet)
@@ -138,7 +162,9 @@ class STPrivacyConfig:
     # ---- presets and (de)serialization ------------------------------------------------------
     @classmethod
     def vit_s(cls, **overrides: Any) -> STPrivacyConfig:
-        """The paper's model: ViT-S (D=384, 6 heads, 12 blocks), 16 x 112 x 112, tubelet 2x16x16."""
+        """The authors' released model: one 12-block ViT-S (D=384, 6 heads, LayerNorm eps 1e-6),
+        16 x 112 x 112 clips, tubelet 2x16x16; blocks 1-3, predictor, 4-6, predictor, 7-9,
+        predictor, then blocks 10-12 + LayerNorm + Linear decode the kept tubelets (the PAB)."""
         return cls(**overrides)
 
     @classmethod

@@ -83,13 +83,18 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm(x), keep)``, then ``x + mlp(norm(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm(x), keep)``, then ``x + mlp(norm(x))``.
 
-    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6):
+    ``eps`` is the masked attention's smoothing term, ``norm_eps`` the LayerNorms' (timm's ViT-S
+    and the authors' release use 1e-6, not PyTorch's default 1e-5).
+    """
+
+    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6,
+                 norm_eps: float = 1e-6):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, eps=eps)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:

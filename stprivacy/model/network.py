@@ -39,9 +39,10 @@ class STPrivacy(nn.Module):
 
     Training mode decides per tubelet with a hard Gumbel-softmax and keeps all tokens, masking the
     dropped ones out of attention (``stpriv_ops.masked_attention``, whose keep gradient trains the
-    predictors). Evaluation mode keeps the top ``floor(N * ratio ** m)`` tubelets of every time step
-    after PSB m and removes the rest for real, then scatters the tokens back to the full grid for
-    the anonymization block. The keep ratio is a deployment-time argument (paper §4.6).
+    predictors) in the PSBs and the PAB alike. Evaluation mode keeps the top
+    ``floor(N * ratio ** m)`` tubelets of every time step after PSB m and removes the rest for
+    real; the PAB decodes only those kept tokens, and their pixels are scattered back to the full
+    grid, dropped tubelets black. The keep ratio is a deployment-time argument (paper §4.6).
 
     Args:
         cfg: sizes and switches; see :class:`STPrivacyConfig`.
@@ -59,14 +60,14 @@ class STPrivacy(nn.Module):
         self.psbs = nn.ModuleList(
             PrivacySparsificationBlock(
                 D, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                eps=cfg.attn_eps, predictor=cfg.use_psb,
+                eps=cfg.attn_eps, norm_eps=cfg.norm_eps, predictor=cfg.use_psb,
             )
             for _ in range(cfg.num_psb)
         )
         self.pab = (
             AnonymizationBlock(
                 D, depth=cfg.pab_depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                out_dim=cfg.tubelet_pixels,
+                out_dim=cfg.tubelet_pixels, eps=cfg.attn_eps, norm_eps=cfg.norm_eps,
             )
             if cfg.use_pab
             else None
@@ -98,32 +99,16 @@ class STPrivacy(nn.Module):
         targets = self.cfg.target_ratios(ratio)
         x = self.tokenize(video)
         if self.training:
-            x, keep, masks = self._encode_train(x, targets, generator, score_scale)
+            anonymized, keep, masks = self._forward_train(video, x, targets, generator, score_scale)
         else:
-            x, keep, masks = self._encode_eval(x, targets)
+            anonymized, keep, masks = self._forward_eval(video, x, targets)
         B, L, N = video.shape[0], self.cfg.time_steps, self.cfg.tokens_per_step
-        # Blackening the dropped tubelets uses the keep mask's value only, not its gradient: the
-        # derivative of ``pixels * keep`` at keep = 1 measures how the loss changes when a
-        # tubelet gets brighter, not when it disappears, and following it trained the predictors
-        # to drop the actor (docs/demo_results.md). The keep gradient comes from where a dropped
-        # tubelet really is absent: the masked attention of the PSBs and of the recognizers.
-        mask = None if keep is None else keep.detach()
-        if self.pab is None:
-            blackening = None if mask is None else self.keep_to_pixels(mask.view(B, L, N)).to(video.dtype)
-            anonymized = video.clone() if blackening is None else video * blackening
-        else:
-            patches = self.pab(x, mask)
-            if self.cfg.pab_residual:
-                pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
-                patches = patches + (pixels if mask is None else pixels * mask[..., None].to(pixels.dtype))
-            anonymized = tubelets_to_video(
-                patches, time_steps=L, grid_size=self.cfg.grid_size, tubelet=self.cfg.tubelet
-            )
         keep = video.new_ones(B, L, N) if keep is None else keep.view(B, L, N).to(video.dtype)
         return STPrivacyOutput(video=anonymized, keep=keep, keep_masks=masks, target_ratios=targets)
 
-    def _encode_train(self, x: Tensor, targets: list[float], generator, score_scale: float
-                      ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+    def _forward_train(self, video: Tensor, x: Tensor, targets: list[float], generator, score_scale: float
+                       ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """Every token travels; ``keep: Tensor[B, L*N]`` masks the dropped ones (None: all kept)."""
         B = x.shape[0]
         L, N = self.cfg.time_steps, self.cfg.tokens_per_step
         keep, masks = None, []
@@ -134,10 +119,22 @@ class STPrivacy(nn.Module):
                                         budget=budget, score_scale=score_scale)
             if targets:
                 masks.append(x.new_ones(B, L, N) if keep is None else keep.view(B, L, N))
-        return x, keep, masks
+        pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
+        if self.pab is not None:
+            patches = self.pab(x, keep)
+            if self.cfg.pab_residual:
+                patches = patches + pixels
+        else:
+            patches = pixels
+        if keep is not None:
+            blackening = keep.detach() if self.cfg.detach_blackening else keep
+            patches = patches * blackening[..., None].to(patches.dtype)
+        return self._to_video(patches), keep, masks
 
-    def _encode_eval(self, x: Tensor, targets: list[float]) -> tuple[Tensor, Tensor | None, list[Tensor]]:
-        B, _, D = x.shape
+    def _forward_eval(self, video: Tensor, x: Tensor, targets: list[float]
+                      ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """Dropped tokens are removed for real; the PAB decodes the ``k`` kept ones of each step."""
+        B = x.shape[0]
         L, N = self.cfg.time_steps, self.cfg.tokens_per_step
         index = torch.arange(N, device=x.device).expand(B, L, N)
         masks = []
@@ -146,10 +143,23 @@ class STPrivacy(nn.Module):
             x, index = psb.forward_eval(x, index, k=k)
             if targets:
                 masks.append(self._index_to_mask(index, N, x.dtype))
-        if index.shape[-1] == N:
-            return x, None, masks
-        keep = masks[-1].view(B, L * N)
-        return ops.scatter_tokens(x, index, N), keep, masks
+        pruned = index.shape[-1] < N
+        pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
+        kept_pixels = ops.gather_tokens(pixels, index) if pruned else pixels
+        if self.pab is not None:
+            patches = self.pab(x)
+            if self.cfg.pab_residual:
+                patches = patches + kept_pixels
+        else:
+            patches = kept_pixels
+        if not pruned:
+            return self._to_video(patches), None, masks
+        patches = ops.scatter_tokens(patches.contiguous(), index, N)  # dropped tubelets: 0, black
+        return self._to_video(patches), masks[-1].view(B, L * N), masks
+
+    def _to_video(self, patches: Tensor) -> Tensor:
+        return tubelets_to_video(patches, time_steps=self.cfg.time_steps, grid_size=self.cfg.grid_size,
+                                 tubelet=self.cfg.tubelet)
 
     @staticmethod
     def _index_to_mask(index: Tensor, n: int, dtype: torch.dtype) -> Tensor:

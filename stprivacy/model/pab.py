@@ -9,25 +9,26 @@ from .layers import Block
 class AnonymizationBlock(nn.Module):
     """``depth`` transformer blocks, LayerNorm and a Linear to the pixels of each tubelet.
 
-    It runs on the full tubelet grid, dropped tubelets entering as zero tokens; their pixels are
-    forced to 0 (black) at the output, so nothing of a dropped tubelet survives.
+    As in the authors' release it decodes only the tubelets that survived the sparsification:
+    in evaluation the compacted kept tokens (plain attention, nothing else exists), in training
+    every token with the dropped ones masked out of attention by the live keep mask, whose
+    gradient reaches the predictors through these blocks too.
     """
 
-    def __init__(self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, out_dim: int):
+    def __init__(self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, out_dim: int,
+                 eps: float = 1e-6, norm_eps: float = 1e-6):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias) for _ in range(depth)
+            Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eps=eps, norm_eps=norm_eps)
+            for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, out_dim)
 
-    def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
-        """``x: Tensor[B, L*N, D]``, ``keep: Tensor[B, L*N] | None`` -> ``Tensor[B, L*N, C*dT*dH*dW]``."""
-        if keep is not None:
-            # Training carries dropped tokens' features along (masked); zero them as evaluation's
-            # scatter does, so both modes decode the same input.
-            x = x * keep[..., None].to(x.dtype)
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``x: Tensor[B, M, D]`` and ``keep: Tensor[B, M]`` (None: every token is kept)
+        -> ``Tensor[B, M, out_dim]``, the pixels of each token's tubelet (dropped tokens' rows
+        are computed but meaningless; the caller blacks them out)."""
         for blk in self.blocks:
-            x = blk(x)
-        patches = self.head(self.norm(x))
-        return patches if keep is None else patches * keep[..., None].to(patches.dtype)
+            x = blk(x, keep)
+        return self.head(self.norm(x))

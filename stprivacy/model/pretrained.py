@@ -16,10 +16,14 @@ Inflation:
 * **Position embedding** ``[1, prefix + g*g, D]``: the class / distillation tokens' entries are
   dropped (the video models have none), the ``g x g`` grid is resized bicubically to the video's
   ``h x w`` tubelet grid and repeated for each of the L time steps (token ``l*N + n``).
-* **Blocks** map in order: ViT block i -> the model's i-th transformer block (STPrivacy: block
-  ``i % depth`` of PSB ``i // depth``); the final ``norm`` goes to the recognizers' norm.
-* Left at their random init: the keep predictors, the anonymization block and the heads (their
-  tasks differ from ImageNet's), which is what :class:`LoadReport` lists as ``missing``.
+* **Blocks** map in order: ViT block i -> the model's i-th transformer block. STPrivacy's blocks
+  are its PSBs' (block ``i % depth`` of PSB ``i // depth``), then the PAB's: ViT-S blocks 1-9
+  go to the three PSBs and blocks 10-12 to the PAB, as in the authors' release. The final
+  ``norm`` goes to the recognizers' norm (which normalizes the pooled token, as ImageNet's
+  ``fc_norm`` does for mean-pooled ViTs).
+* Left at their init: the keep predictors, the PAB's LayerNorm and pixel head, and the
+  recognizers' heads (their tasks differ from ImageNet's), which is what :class:`LoadReport`
+  lists as ``missing``.
 """
 from __future__ import annotations
 
@@ -108,7 +112,8 @@ def inflate_pos_embed(pos_embed: Tensor, time_steps: int, grid_size: tuple[int, 
 def _targets(model: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module | None]:
     """(tubelet embedding, transformer blocks in order, final norm or None) of a supported model."""
     if isinstance(model, STPrivacy):
-        return model.embed, [block for psb in model.psbs for block in psb.blocks], None
+        blocks = [block for psb in model.psbs for block in psb.blocks]
+        return model.embed, blocks + (list(model.pab.blocks) if model.pab is not None else []), None
     if isinstance(model, (VideoClassifier, FrameClassifier)):
         return model.encoder.embed, list(model.encoder.blocks), model.encoder.norm
     raise TypeError(f"model must be an STPrivacy, VideoClassifier or FrameClassifier, got {type(model).__name__}")

@@ -41,7 +41,8 @@ class KeepPredictor(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         third = dim // 3
-        self.split = (dim - 2 * third, third, third)  # (local, spatial, spatio-temporal) channels
+        # (local, spatial, spatio-temporal) channels, split as the release does when 3 does not divide D.
+        self.split = (third, third, dim - 2 * third)
         self.in_conv = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
         hidden1, hidden2 = max(dim // 2, 1), max(dim // 4, 1)
         self.out_conv = nn.Sequential(
@@ -82,10 +83,11 @@ class PrivacySparsificationBlock(nn.Module):
     """
 
     def __init__(self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float,
-                 predictor: bool = True):
+                 norm_eps: float = 1e-6, predictor: bool = True):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eps=eps) for _ in range(depth)
+            Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eps=eps, norm_eps=norm_eps)
+            for _ in range(depth)
         )
         self.predictor = KeepPredictor(dim) if predictor else None
 

@@ -23,10 +23,14 @@ def _check_positive(**values: int) -> None:
 
 
 class _ViTEncoder(nn.Module):
-    """Tokenizer, pre-norm blocks and a final LayerNorm; shared by both classifiers."""
+    """Tokenizer, pre-norm blocks, a mean pool and a LayerNorm; shared by both classifiers.
+
+    The pool comes before the norm, as in the authors' ``action.py`` (timm's ``fc_norm``): the
+    mean over the kept tokens, then the LayerNorm of that mean.
+    """
 
     def __init__(self, *, frames: int, image_size: int, tubelet: tuple[int, int, int], in_chans: int, embed_dim: int,
-                 depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attn_eps: float):
+                 depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attn_eps: float, norm_eps: float):
         super().__init__()
         _check_positive(frames=frames, image_size=image_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
                         num_heads=num_heads)
@@ -40,29 +44,30 @@ class _ViTEncoder(nn.Module):
         self.embed = TubeletEmbed(frames=frames, image_size=image_size, tubelet=tuple(tubelet), in_chans=in_chans,
                                   embed_dim=embed_dim)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eps=attn_eps)
+            Block(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eps=attn_eps,
+                  norm_eps=norm_eps)
             for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
 
     def forward(self, video: Tensor, keep: Tensor | None) -> Tensor:
         """``Tensor[B, C, T, H, W]``, ``keep: Tensor[B, L*N] | None`` -> pooled ``Tensor[B, D]``."""
         x = self.embed(video)
         for blk in self.blocks:
             x = blk(x, keep)
-        x = self.norm(x)
         if keep is None:
-            return x.mean(dim=1)
+            return self.norm(x.mean(dim=1))
         B, _, D = x.shape
         L, N = self.grid
-        return ops.masked_mean(x.view(B, L, N, D), keep.view(B, L, N).to(x.dtype))[1]
+        return self.norm(ops.masked_mean(x.view(B, L, N, D), keep.view(B, L, N).to(x.dtype))[1])
 
 
 class VideoClassifier(nn.Module):
     """ViT video classifier over tubelets (no class token, mean-pooled), for action or privacy.
 
     With a keep mask the dropped tubelets are skipped: masked out of every attention as keys and
-    left out of the mean pool.
+    left out of the mean pool. The head starts at zero, as the release's recognizers do, so every
+    class starts equally likely.
 
     Args:
         num_classes: actions, or privacy attributes when ``multilabel``.
@@ -71,29 +76,32 @@ class VideoClassifier(nn.Module):
         multilabel: True for independent per-class sigmoids (BCE), False for one softmax
             (cross-entropy); recorded for the training code, the logits are the same either way.
         attn_eps: smoothing of the masked attention.
+        norm_eps: epsilon of the LayerNorms (ViT-S: 1e-6).
     """
 
     def __init__(self, num_classes: int, *, frames: int = 16, image_size: int = 112,
                  tubelet: tuple[int, int, int] = (2, 16, 16), in_chans: int = 3, embed_dim: int = 384, depth: int = 12,
                  num_heads: int = 6, mlp_ratio: float = 4.0, qkv_bias: bool = True, multilabel: bool = False,
-                 attn_eps: float = 1e-6):
+                 attn_eps: float = 1e-6, norm_eps: float = 1e-6):
         super().__init__()
         _check_positive(num_classes=num_classes)
         self.num_classes = num_classes
         self.multilabel = multilabel
         self.encoder = _ViTEncoder(frames=frames, image_size=image_size, tubelet=tubelet, in_chans=in_chans,
                                    embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                                   qkv_bias=qkv_bias, attn_eps=attn_eps)
+                                   qkv_bias=qkv_bias, attn_eps=attn_eps, norm_eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(init_weights)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     @classmethod
     def from_config(cls, cfg: STPrivacyConfig, num_classes: int, *, multilabel: bool = False,
                     **overrides: Any) -> VideoClassifier:
-        """A classifier for the videos of ``cfg`` with its sizes (``depth * num_psb`` blocks)."""
+        """A classifier for the videos of ``cfg`` with the anonymizer's sizes (``cfg.num_blocks`` blocks)."""
         kwargs = dict(frames=cfg.frames, image_size=cfg.image_size, tubelet=cfg.tubelet, in_chans=cfg.in_chans,
-                      embed_dim=cfg.embed_dim, depth=cfg.depth * cfg.num_psb, num_heads=cfg.num_heads,
-                      mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, attn_eps=cfg.attn_eps)
+                      embed_dim=cfg.embed_dim, depth=cfg.num_blocks, num_heads=cfg.num_heads,
+                      mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, attn_eps=cfg.attn_eps, norm_eps=cfg.norm_eps)
         kwargs.update(overrides)
         return cls(num_classes, multilabel=multilabel, **kwargs)
 
@@ -119,11 +127,12 @@ class FrameClassifier(nn.Module):
         patch_size: ``p`` or ``(pH, pW)``.
         in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: ViT sizes.
         multilabel: recorded for the training code (BCE vs cross-entropy).
+        norm_eps: epsilon of the LayerNorms (ViT-S: 1e-6).
     """
 
     def __init__(self, num_classes: int, *, image_size: int = 112, patch_size: int | tuple[int, int] = 16,
                  in_chans: int = 3, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, multilabel: bool = False):
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, multilabel: bool = False, norm_eps: float = 1e-6):
         super().__init__()
         _check_positive(num_classes=num_classes)
         ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
@@ -132,17 +141,19 @@ class FrameClassifier(nn.Module):
         # A frame is a one-frame video with 1 x pH x pW tubelets: the video encoder serves as is.
         self.encoder = _ViTEncoder(frames=1, image_size=image_size, tubelet=(1, ph, pw), in_chans=in_chans,
                                    embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                                   qkv_bias=qkv_bias, attn_eps=1e-6)
+                                   qkv_bias=qkv_bias, attn_eps=1e-6, norm_eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(init_weights)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     @classmethod
     def from_config(cls, cfg: STPrivacyConfig, num_classes: int, *, multilabel: bool = True,
                     **overrides: Any) -> FrameClassifier:
         """A frame classifier for the frames of ``cfg``'s videos, patches = the tubelets' (dH, dW)."""
         kwargs = dict(image_size=cfg.image_size, patch_size=cfg.tubelet[1:], in_chans=cfg.in_chans,
-                      embed_dim=cfg.embed_dim, depth=cfg.depth * cfg.num_psb, num_heads=cfg.num_heads,
-                      mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias)
+                      embed_dim=cfg.embed_dim, depth=cfg.num_blocks, num_heads=cfg.num_heads,
+                      mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, norm_eps=cfg.norm_eps)
         kwargs.update(overrides)
         return cls(num_classes, multilabel=multilabel, **kwargs)
 

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..model import STPrivacy
-from .common import clip_and_step, make_optimizer, privacy_adversary_loss, set_lr, to_device
+from .common import backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss, set_lr, to_device
 from .config import TrainConfig, get_lr, sparsity_warmup
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
                           sync_gradients, usable_on_all_ranks)
@@ -111,7 +111,8 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
             if not usable_on_all_ranks(batch, accum):  # unreadable videos left a rank with nothing
                 progress.skip_batch()
                 continue
-            set_lr(optimizer, get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr))
+            lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
+            set_lr(optimizer, lr, backbone_lr(lr, progress.step, cfg, len(batches)))
             keep_ratio, score_scale = _warmup_schedule(model, sparsity_warmup(progress.step, hold, ramp))
             optimizer.zero_grad(set_to_none=True)
             step_values = StepValues(accum)
@@ -171,7 +172,7 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 progress.skip_batch()
                 continue
             lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
-            set_lr(opt_anonymizer, lr)
+            set_lr(opt_anonymizer, lr, backbone_lr(lr, progress.step, cfg, len(batches)))
             set_lr(opt_recognizers, lr)
             step_values = StepValues(accum)
 

@@ -7,26 +7,68 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model import STPrivacyConfig, VideoClassifier
+from ..model import STPrivacy, STPrivacyConfig, VideoClassifier
 from ..model.layers import PIXEL_MEAN, PIXEL_STD
 from .config import TrainConfig
 
 
+def _anonymizer_layer(name: str, cfg: STPrivacyConfig) -> tuple[str, int]:
+    """(role, layer id) of an STPrivacy parameter for the release's learning-rate rules: the
+    tokenizer is layer 0, transformer block i (PSBs then PAB, 0-based) layer i + 1, predictor m
+    the layer of the block before it, everything else (the PAB's norm and head) the top layer."""
+    parts = name.split(".")
+    if parts[0] == "embed":
+        return "backbone", 0
+    if parts[0] == "psbs" and parts[2] == "predictor":
+        return "predictor", cfg.depth * (int(parts[1]) + 1)
+    if parts[0] == "psbs":
+        return "backbone", int(parts[1]) * cfg.depth + int(parts[3]) + 1
+    if parts[0] == "pab" and parts[1] == "blocks":
+        return "backbone", cfg.depth * cfg.num_psb + int(parts[2]) + 1
+    return "backbone", cfg.num_blocks + 1
+
+
 def make_optimizer(modules: Iterable[nn.Module], cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and convolution kernels only (nanoGPT's split):
-    decaying biases, norms and position embeddings only hurts."""
-    decay, no_decay = [], []
+    decaying biases, norms and position embeddings only hurts.
+
+    An :class:`STPrivacy` among ``modules`` gets the release's groups: its predictors apart from
+    its "backbone" (every other parameter), and with ``cfg.layer_decay < 1`` a learning-rate scale
+    per layer, ``layer_decay ** (num_blocks + 1 - layer)``. :func:`set_lr` reads both.
+    """
+    groups: dict[tuple[str, float, bool], list[nn.Parameter]] = {}
     for module in modules:
+        anonymizer = module.cfg if isinstance(module, STPrivacy) else None
+        top = anonymizer.num_blocks + 1 if anonymizer is not None else 0
         for name, p in module.named_parameters():
-            if p.requires_grad:
-                (decay if p.dim() >= 2 and "pos_embed" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=(0.9, 0.999))
+            if not p.requires_grad:
+                continue
+            role, scale = "other", 1.0
+            if anonymizer is not None:
+                role, layer = _anonymizer_layer(name, anonymizer)
+                scale = cfg.layer_decay ** (top - layer)
+            decay = p.dim() >= 2 and "pos_embed" not in name
+            groups.setdefault((role, scale, decay), []).append(p)
+    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "role": role,
+                     "lr_scale": scale} for (role, scale, decay), params in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=cfg.peak_lr, betas=(0.9, 0.999))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, backbone_lr: float | None = None) -> None:
+    """Every group at ``lr`` times its ``lr_scale``; the anonymizer's backbone groups (see
+    :func:`make_optimizer`) at ``backbone_lr`` instead where given."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        base = backbone_lr if backbone_lr is not None and group.get("role") == "backbone" else lr
+        group["lr"] = base * group.get("lr_scale", 1.0)
+
+
+def backbone_lr(lr: float, step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """The anonymizer backbone's learning rate when the predictors' is ``lr`` (the release's rule):
+    0 during the first ``cfg.predictor_warmup_epochs`` (only the predictors learn), then
+    ``min(lr, peak_lr * backbone_lr_ratio)``."""
+    if step < round(cfg.predictor_warmup_epochs * steps_per_epoch):
+        return 0.0
+    return min(lr, cfg.peak_lr * cfg.backbone_lr_ratio)
 
 
 def clip_and_step(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:

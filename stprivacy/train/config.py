@@ -38,6 +38,15 @@ class TrainConfig:
             that never saw a masked video, learns to drop the actor (whose tubelets make the
             early recognizer's mistakes confident) and never recovers (docs/demo_results.md).
             0 and 0: the paper's schedule (its recognizers start from pretrained weights).
+        backbone_lr_ratio: the anonymizer's parameters other than its keep predictors learn at
+            ``min(lr, peak_lr * backbone_lr_ratio)`` while the predictors follow the schedule
+            (the release's ``base_multi``, 0.1 there); 1 = one rate for all.
+        predictor_warmup_epochs: the anonymizer's backbone learning rate is 0 for this many
+            epochs at the start of each anonymizer phase: only the predictors learn (the
+            release's ``warming_up_step``).
+        layer_decay: layer-wise learning-rate decay of the anonymizer (BEiT's, as in the
+            release): layer ``i`` of ``n`` blocks learns at ``layer_decay ** (n + 1 - i)`` times
+            the rate; 1 = none.
         lambda_action, lambda_privacy: the weights of the adversarial objective (paper: 0.5).
         privacy_adversary: "negative_bce" (the paper's ``- lambda_P L_privacy``) or "entropy"
             (maximize the privacy recognizer's per-attribute entropy, bounded, a common
@@ -75,6 +84,9 @@ class TrainConfig:
     eval_epochs: int = 80
     sparsity_hold_epochs: float = 0.0
     sparsity_ramp_epochs: float = 0.0
+    backbone_lr_ratio: float = 1.0
+    predictor_warmup_epochs: float = 0.0
+    layer_decay: float = 1.0
     lambda_action: float = 0.5
     lambda_privacy: float = 0.5
     privacy_adversary: str = "negative_bce"
@@ -101,10 +113,14 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         for name in ("base_lr", "weight_decay", "grad_clip", "warmup_epochs", "sparsity_hold_epochs",
-                     "sparsity_ramp_epochs", "lambda_action", "lambda_privacy"):
+                     "sparsity_ramp_epochs", "lambda_action", "lambda_privacy", "predictor_warmup_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("backbone_lr_ratio", "layer_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.privacy_adversary not in ("negative_bce", "entropy"):
