@@ -102,3 +102,44 @@ def test_inference(benchmark, measure, device, smoke, config, provider):
     else:  # top-k after the last PSB: floor(N * alpha^3) of N per time step
         N = model.cfg.tokens_per_step
         assert kept == pytest.approx(int(N * model.cfg.alpha**3 + 1e-9) / N)
+
+
+def anonymization_flops(cfg: STPrivacyConfig, keep_ratio: float | None = None) -> float:
+    """Floating-point operations of one evaluation-mode anonymization pass of one clip, counted by
+    ``torch.utils.flop_counter`` (matrix products, convolutions and attention: what dominates).
+
+    The counter has no formula for the CPU flash-attention kernel that SDPA dispatches to here, so
+    it gets the standard one (``4 * B * H * Nq * Nk * d``: the two products of attention)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa_flops(query, key, value, *args, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    torch.manual_seed(0)
+    model = STPrivacy(cfg).eval()
+    video = torch.rand(1, cfg.in_chans, cfg.frames, cfg.image_size, cfg.image_size)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flops})
+    with torch.inference_mode(), counter:
+        model(video, keep_ratio)
+    return float(counter.get_total_flops())
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_anonymization_flops(benchmark, config):
+    """The deployment cost of the kept-only decoder: FLOPs of the pruned anonymization pass at
+    alpha 0.7 against the same 12 blocks with nothing dropped (an unpruned ViT-S plus the pixel
+    head), on one clip. Target for ViT-S: at most 0.65x."""
+    cfg = CONFIGS[config]
+    pruned = anonymization_flops(cfg, 0.7)
+    unpruned = anonymization_flops(dataclasses.replace(cfg, use_psb=False))
+    ratio = pruned / unpruned
+    benchmark.group = f"anonymization FLOPs per clip, {config}"
+    benchmark.extra_info.update(pruned_gflops=round(pruned / 1e9, 3), unpruned_gflops=round(unpruned / 1e9, 3),
+                                ratio=round(ratio, 3))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the figures are counts, not times
+    print(f"\n{config}: anonymization pass {pruned / 1e9:.3f} GFLOP vs unpruned {unpruned / 1e9:.3f} GFLOP "
+          f"= {ratio:.3f}x (alpha 0.7)")
+    assert 0 < ratio < 1
+    if config == "vit_s":
+        assert ratio <= 0.65

@@ -19,6 +19,8 @@ Values are fractions in [0, 1]; tables print them in percent.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -113,10 +115,13 @@ def privacy_f1(targets, logits, threshold: float = 0.5) -> float:
     return float(np.mean(f1))
 
 
-def summarize(action_logits, actions, privacy_logits, privacy) -> dict[str, float]:
-    """The three numbers of a Table-1 row, as fractions: top1, f1, cmap."""
+def summarize(action_logits, actions, privacy_logits, privacy) -> dict[str, Any]:
+    """The three numbers of a Table-1 row, as fractions: top1, f1, cmap; and ``ap``, the list of
+    per-attribute average precisions whose mean is cmap (which attribute leaks, and how much)."""
+    ap = average_precision(privacy, privacy_logits)
     return {
         "top1": top1(action_logits, actions),
         "f1": privacy_f1(privacy, privacy_logits),
-        "cmap": privacy_cmap(privacy, privacy_logits),
+        "cmap": float(np.mean(ap)),
+        "ap": [float(a) for a in ap],
     }

@@ -191,7 +191,7 @@ def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Da
 
 def _frame_overrides(cfg: TrainConfig) -> dict[str, Any]:
     """The recognizer sizes of ``cfg.recognizer`` that a frame model understands."""
-    allowed = ("embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+    allowed = ("embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "norm_before_pool", "zero_head")
     return {k: v for k, v in cfg.recognizer.items() if k in allowed}
 
 

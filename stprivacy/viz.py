@@ -82,7 +82,7 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
     for i, (name, p) in enumerate(baselines.items()):
         ax.scatter(100 * p["top1"], 100 * p["cmap"], marker=markers[i % len(markers)], s=40, label=name)
     ax.set_xlabel("action top-1 (%)  higher is better")
-    ax.set_ylabel("privacy cMAP (%)  lower is better")
+    ax.set_ylabel("privacy cMAP (%), stronger attacker; lower is better")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

@@ -6,10 +6,12 @@ from sklearn.linear_model import LogisticRegression
 
 from stprivacy.data import synthetic
 from stprivacy.data.synthetic import (
+    ACTOR_ATTRIBUTES,
     CELL_ACTOR,
     CELL_PRIVACY,
     DIRECTIONS,
     PRIVACY_ATTRIBUTES,
+    SCENE_ATTRIBUTES,
     SyntheticVideos,
     render_actor,
 )
@@ -97,14 +99,41 @@ def test_a_frame_level_classifier_cannot_beat_chance_on_action():
     assert clf.score(x_test, y_test) < 0.25 + 0.08  # chance is 1/4; 0.08 is ~3 standard errors
 
 
-@pytest.mark.parametrize("k", range(len(PRIVACY_ATTRIBUTES)))
-def test_each_privacy_attribute_is_visible_in_a_single_frame(k):
+@pytest.mark.parametrize("k", range(len(SCENE_ATTRIBUTES)))
+def test_each_scene_attribute_is_visible_in_a_single_frame_of_its_cell(k):
+    column = PRIVACY_ATTRIBUTES.index(SCENE_ATTRIBUTES[k])
     train = SyntheticVideos("train", num_videos=200, seed=0)
     test = SyntheticVideos("test", num_videos=100, seed=0)
     x_train, _, p_train = _cells(train, CELL_PRIVACY + k)
     x_test, _, p_test = _cells(test, CELL_PRIVACY + k)
-    clf = LogisticRegression(max_iter=500).fit(x_train, p_train[:, k])
-    assert clf.score(x_test, p_test[:, k]) > 0.9
+    clf = LogisticRegression(max_iter=500).fit(x_train, p_train[:, column])
+    assert clf.score(x_test, p_test[:, column]) > 0.9
+
+
+@pytest.mark.parametrize("name", ACTOR_ATTRIBUTES)
+def test_the_actor_carries_its_attributes_in_every_single_frame(name):
+    """The tint is a linear function of the actor's pixels; the face marking sits at any phase,
+    so its orientation shows in the magnitude of the region's Fourier transform (shift-invariant)."""
+    column = PRIVACY_ATTRIBUTES.index(name)
+    train = SyntheticVideos("train", num_videos=300, seed=0)
+    test = SyntheticVideos("test", num_videos=150, seed=0)
+    x_train, _, p_train = _cells(train, CELL_ACTOR)
+    x_test, _, p_test = _cells(test, CELL_ACTOR)
+    if name == "face":
+        x_train, x_test = (np.abs(np.fft.fft2(x.reshape(-1, 3, 16, 16))).reshape(len(x), -1) for x in (x_train, x_test))
+    clf = LogisticRegression(max_iter=2000).fit(x_train, p_train[:, column])
+    assert clf.score(x_test, p_test[:, column]) > 0.9
+
+
+@pytest.mark.parametrize("across", [True, False])
+def test_the_face_marking_moves_with_the_actor(across):
+    side, velocity = 16, (4, -4)
+    marking = synthetic.render_marking(side, 3, velocity, 5, across, 4, 0.3)
+    assert marking.abs().max() > 0.1
+    for t in range(2):
+        assert torch.allclose(torch.roll(marking[t], velocity, dims=(0, 1)), marking[t + 1], atol=1e-5)
+    # Stripes across the actor vary along y only; along it, along x only.
+    assert torch.allclose(marking[0], marking[0][:, :1].expand(-1, side) if across else marking[0][:1].expand(side, -1))
 
 
 def test_privacy_and_actor_cells_never_overlap():
@@ -112,7 +141,7 @@ def test_privacy_and_actor_cells_never_overlap():
     for i in range(len(ds)):
         layout = ds.layout(i)
         assert (layout == CELL_ACTOR).sum() == 4
-        for k in range(len(PRIVACY_ATTRIBUTES)):
+        for k in range(len(SCENE_ATTRIBUTES)):
             assert (layout == CELL_PRIVACY + k).sum() == 1
 
 
@@ -137,3 +166,12 @@ def test_bad_arguments_raise():
         SyntheticVideos("train", colour=3)
     with pytest.raises(IndexError):
         SyntheticVideos("train", num_videos=2)[2]
+
+
+def test_oracle_masks_keep_exactly_the_actor_cells():
+    ds = SyntheticVideos("train", num_videos=5, seed=3)
+    masks = synthetic.actor_keep_masks(ds, time_steps=4)
+    assert masks.shape == (5, 4, 16)
+    for i in range(5):
+        assert torch.equal(masks[i, 2], (ds.layout(i) == CELL_ACTOR).flatten().float())
+        assert torch.equal(masks[i, 0], masks[i, 3]) and masks[i, 0].sum() == 4

@@ -10,18 +10,26 @@ tubelet never straddles two kinds of content):
   says anything about the action; two frames do (consecutive frames are a quarter period apart).
   Note what this implies: any linear function of the pixels has the same mean for every class,
   so a recognizer must combine frames nonlinearly (as real motion recognition does).
-* **Privacy = static appearance.** Five attributes named like VP-HMDB51's (face, skin_color,
-  gender, nudity, relationship), each an independent fair coin, each drawn as its own glyph in
-  its own cell (placed at random outside the actor region). The glyph's identity says which
-  attribute it is; one visible property says its value. Visible in any single frame.
+* **Privacy = appearance**, five attributes named like VP-HMDB51's, each an independent fair coin,
+  each visible in any single frame, in two kinds of place:
+
+  - *Carried by the actor* (``ACTOR_ATTRIBUTES``): ``skin_color`` is the actor's tint (warm or
+    cool, of equal brightness), ``face`` a fine marking that moves with the actor's texture,
+    stripes across it (1) or along it (0): an identity-like detail that rides on the moving
+    person. Dropping these tubelets drops the action with them: only rewriting them (the
+    anonymization block) can hide these attributes.
+  - *In cells of their own* (``SCENE_ATTRIBUTES``: gender, nudity, relationship), a glyph each,
+    placed at random outside the actor region: its identity says which attribute it is, one
+    visible property its value. Dropping these tubelets (the sparsification) removes them.
 * **Distractors.** Static clutter cells, cells that flicker at random (motion energy that is not
   the action), per-pixel noise, random brightness and contrast of the actor and the glyphs, and a random layout
   per video, so that a model must look at content, not at fixed positions.
 
-Because privacy and action live in different tubelets, dropping the privacy tubelets removes
-the privacy information and keeps the action: the best possible anonymizer exists. Blurring or
-downsampling the whole frame degrades both kinds of cue, which is the trade-off the paper
-measures. Everything is generated from ``(seed, split, index)``, so two datasets built with the
+So the benchmark needs both mechanisms of the paper: keeping exactly the actor's tubelets keeps
+the action and removes the scene attributes but leaks the actor's; rewriting everything without
+dropping must hide the scene glyphs' every detail. Blurring or downsampling the whole frame
+degrades the action's texture and the fine details (the face marking, the glyphs) together, but
+not the actor's tint, which is the trade-off the paper measures. Everything is generated from ``(seed, split, index)``, so two datasets built with the
 same arguments are identical, on any machine, in any worker.
 """
 from __future__ import annotations
@@ -34,14 +42,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 PRIVACY_ATTRIBUTES = ("face", "skin_color", "gender", "nudity", "relationship")
+ACTOR_ATTRIBUTES = ("face", "skin_color")  # carried by the moving actor
+SCENE_ATTRIBUTES = ("gender", "nudity", "relationship")  # a glyph cell each
 
 # Unit velocities of the action classes, (dy, dx): 4 axis directions, then the 4 diagonals.
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))
 
 # Base color of each attribute's glyph (identifies the attribute); the label changes a property.
 _GLYPH_COLORS = {
-    "face": (0.95, 0.80, 0.60),
-    "skin_color": (0.85, 0.55, 0.35),
     "gender": (0.35, 0.55, 0.95),
     "nudity": (0.95, 0.45, 0.70),
     "relationship": (0.40, 0.85, 0.45),
@@ -59,9 +67,12 @@ class SyntheticSpec:
         cell: side of one content cell in pixels (use the tubelet's spatial size).
         num_classes: action classes, 2..8 motion directions.
         wavelength: period of the actor's plaid in pixels; divides ``2 * cell``.
+        marking_period: period in pixels of the fine marking on the actor (the ``face``
+            attribute is its orientation); divides ``2 * cell``.
         speed: displacement of the plaid per frame in pixels (a quarter period by default, so
             consecutive frames are in quadrature and the direction is unambiguous).
-        num_static_distractors: cells of static clutter.
+        num_static_distractors: cells of static clutter (a 4 x 4 grid has 16 cells: the actor's
+            4, the 3 scene glyphs', and these with the flickering ones).
         num_flicker_distractors: cells that blink at random frames.
         noise_std: standard deviation of the per-pixel Gaussian noise.
     """
@@ -71,8 +82,9 @@ class SyntheticSpec:
     cell: int = 8
     num_classes: int = 4
     wavelength: int = 16
+    marking_period: int = 4
     speed: int = 4
-    num_static_distractors: int = 3
+    num_static_distractors: int = 5
     num_flicker_distractors: int = 1
     noise_std: float = 0.05
 
@@ -85,16 +97,20 @@ class SyntheticSpec:
             raise ValueError(f"num_classes must be in [2, {len(DIRECTIONS)}], got {self.num_classes}")
         if self.wavelength < 2 or (2 * self.cell) % self.wavelength:
             raise ValueError(f"wavelength must be >= 2 and divide 2 * cell = {2 * self.cell}, got {self.wavelength}")
+        if self.marking_period < 2 or (2 * self.cell) % self.marking_period:
+            raise ValueError(f"marking_period must be >= 2 and divide 2 * cell = {2 * self.cell}, "
+                             f"got {self.marking_period}")
         if self.speed < 1 or (2 * self.speed) % self.wavelength == 0:
             # A shift of a half period (or a whole one) looks the same in both directions.
             raise ValueError(f"speed must be >= 1 and not a multiple of wavelength / 2, got {self.speed}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         grid = self.size // self.cell
-        needed = 4 + len(PRIVACY_ATTRIBUTES) + self.num_static_distractors + self.num_flicker_distractors
+        needed = 4 + len(SCENE_ATTRIBUTES) + self.num_static_distractors + self.num_flicker_distractors
         if grid < 2 or grid * grid < needed:
             raise ValueError(
-                f"a {grid}x{grid} grid of cells cannot hold the actor (4 cells), 5 privacy cells and "
+                f"a {grid}x{grid} grid of cells cannot hold the actor (4 cells), {len(SCENE_ATTRIBUTES)} privacy "
+                f"cells and "
                 f"{self.num_static_distractors + self.num_flicker_distractors} distractors; "
                 f"increase size or reduce cell"
             )
@@ -120,17 +136,6 @@ def _glyph(name: str, value: int, cell: int, g: torch.Generator) -> Tensor:
     y, x = _unit_coords(cell)
     color = torch.tensor(_GLYPH_COLORS[name]) * u(0.8, 1.1)
     cy, cx = u(0.42, 0.58), u(0.42, 0.58)
-    if name == "face":  # a head; with value 1 it shows eyes and a mouth, with 0 the back of it
-        mask = _disk(y, x, cy, cx, 0.4)
-        img = color[:, None, None] * mask
-        if value:
-            features = _disk(y, x, cy - 0.12, cx - 0.15, 0.09) + _disk(y, x, cy - 0.12, cx + 0.15, 0.09)
-            features = features + ((abs(y - cy - 0.17) < 0.06) & (abs(x - cx) < 0.2)).float()
-            img = img * (1 - features.clamp(max=1))
-        return img
-    if name == "skin_color":  # a disk whose tone is light (1) or dark (0)
-        tone = u(0.95, 1.1) if value else u(0.35, 0.5)
-        return (color * tone).clamp(max=1)[:, None, None] * _disk(y, x, cy, cx, 0.38)
     if name == "gender":  # a figure drawn as a triangle (1) or a square (0) of equal area
         if value:
             h = 0.75
@@ -180,23 +185,49 @@ def render_actor(
     return plaid.unsqueeze(0).expand(3, -1, -1, -1)
 
 
-def _actor(spec: SyntheticSpec, label: int, g: torch.Generator) -> Tensor:
-    """The actor region of a video of class ``label``, Tensor[3, T, 2*cell, 2*cell].
+def render_marking(side: int, frames: int, velocity: tuple[int, int], offset: int, across: bool, period: int,
+                   contrast: float) -> Tensor:
+    """A fine grating riding on the actor (its "face"): stripes across the actor (``across``,
+    varying along y) or along it (along x), ``period`` pixels, at ``offset`` in frame 0 and moving
+    with ``velocity`` like the actor's texture, so the actor region stays one rigidly moving
+    pattern: Tensor[frames, side, side], zero mean."""
+    t = torch.arange(frames, dtype=torch.float32)[:, None, None]
+    pix = torch.arange(side, dtype=torch.float32)
+    k = 2 * math.pi / period
+    if across:
+        phase = k * (pix[None, :, None] - offset - velocity[0] * t) + 0 * pix[None, None, :]
+    else:
+        phase = k * (pix[None, None, :] - offset - velocity[1] * t) + 0 * pix[None, :, None]
+    return 0.5 * contrast * torch.cos(phase)
 
-    The phase offsets are uniform over the torus and the other draws ignore the label, so each
-    single frame has the same distribution for every class."""
+
+def _actor(spec: SyntheticSpec, label: int, face: bool, warm: bool, g: torch.Generator) -> Tensor:
+    """The actor region of a video of class ``label``, Tensor[3, T, 2*cell, 2*cell]: the
+    drifting plaid tinted warm or cool (``skin_color``), with a fine marking riding on it whose
+    orientation is the ``face`` attribute.
+
+    The phase offsets and the head's position are uniform over the torus and the other draws
+    ignore the label, so each single frame has the same distribution for every class."""
     side = 2 * spec.cell
     y0 = torch.randint(side, (), generator=g).item()
     x0 = torch.randint(side, (), generator=g).item()
     contrast = 0.2 + 0.1 * torch.rand((), generator=g).item()
     brightness = 0.45 + 0.15 * torch.rand((), generator=g).item()
     velocity = (DIRECTIONS[label][0] * spec.speed, DIRECTIONS[label][1] * spec.speed)
-    return render_actor(side, spec.frames, velocity, y0, x0, spec.wavelength, contrast, brightness)
+    plaid = render_actor(side, spec.frames, velocity, y0, x0, spec.wavelength, contrast, brightness)
+    # Equal brightness either way: the tint moves red against blue, green stays.
+    strength = 0.15 + 0.1 * torch.rand((), generator=g).item()
+    sign = 1.0 if warm else -1.0
+    plaid = plaid * torch.tensor([1 + sign * strength, 1.0, 1 - sign * strength])[:, None, None, None]
+    offset = torch.randint(side, (), generator=g).item()
+    marking_contrast = 0.35 + 0.1 * torch.rand((), generator=g).item()
+    marking = render_marking(side, spec.frames, velocity, offset, face, spec.marking_period, marking_contrast)
+    return plaid + marking
 
 
 # Codes of the layout map returned by make_video(..., return_layout=True).
 CELL_BACKGROUND, CELL_ACTOR, CELL_STATIC, CELL_FLICKER = 0, 1, 2, 3
-CELL_PRIVACY = 4  # CELL_PRIVACY + k is the cell of PRIVACY_ATTRIBUTES[k]
+CELL_PRIVACY = 4  # CELL_PRIVACY + k is the cell of SCENE_ATTRIBUTES[k] (the actor carries the others)
 
 
 def make_video(spec: SyntheticSpec, seed: int, return_layout: bool = False):
@@ -225,7 +256,9 @@ def make_video(spec: SyntheticSpec, seed: int, return_layout: bool = False):
 
     layout = torch.full((grid, grid), CELL_BACKGROUND, dtype=torch.long)
     layout[ay : ay + 2, ax : ax + 2] = CELL_ACTOR
-    video[:, :, ay * cell : (ay + 2) * cell, ax * cell : (ax + 2) * cell] += _actor(spec, action, g)
+    value = dict(zip(PRIVACY_ATTRIBUTES, privacy.bool().tolist()))
+    actor = _actor(spec, action, value["face"], value["skin_color"], g)
+    video[:, :, ay * cell : (ay + 2) * cell, ax * cell : (ax + 2) * cell] += actor
 
     def paint(ij: tuple[int, int], patch: Tensor, code: int, frames: Tensor | slice = slice(None)) -> None:
         i, j = ij
@@ -235,9 +268,9 @@ def make_video(spec: SyntheticSpec, seed: int, return_layout: bool = False):
             region, patch[:, None]
         )
 
-    for k, name in enumerate(PRIVACY_ATTRIBUTES):
-        paint(free[k], _glyph(name, int(privacy[k]), cell, g), CELL_PRIVACY + k)
-    rest = free[len(PRIVACY_ATTRIBUTES) :]
+    for k, name in enumerate(SCENE_ATTRIBUTES):
+        paint(free[k], _glyph(name, int(value[name]), cell, g), CELL_PRIVACY + k)
+    rest = free[len(SCENE_ATTRIBUTES) :]
     for ij in rest[: spec.num_static_distractors]:
         paint(ij, _clutter(cell, g), CELL_STATIC)
     for ij in rest[spec.num_static_distractors : spec.num_static_distractors + spec.num_flicker_distractors]:
@@ -291,6 +324,14 @@ class SyntheticVideos(Dataset):
         return make_video(self.spec, self.video_seed(index % self.num_videos), return_layout=True)[3]
 
 
+def actor_keep_masks(dataset: SyntheticVideos, time_steps: int) -> Tensor:
+    """The oracle sparsifier's masks: ``Tensor[M, time_steps, grid * grid]``, 1 exactly on each
+    video's actor cells at every time step (tubelets of ``cell x cell`` pixels). Keeping these
+    keeps the whole action and removes the scene attributes, but not the actor's own."""
+    masks = [(dataset.layout(i) == CELL_ACTOR).flatten().float() for i in range(len(dataset))]
+    return torch.stack(masks)[:, None, :].expand(-1, time_steps, -1).contiguous()
+
+
 def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
     """Generate every item once into memory: (videos [M,3,T,H,W], actions [M], privacy [M,P]).
 
@@ -308,10 +349,13 @@ def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
 
 
 __all__ = [
+    "ACTOR_ATTRIBUTES",
     "PRIVACY_ATTRIBUTES",
+    "SCENE_ATTRIBUTES",
     "DIRECTIONS",
     "SyntheticSpec",
     "SyntheticVideos",
+    "actor_keep_masks",
     "make_video",
     "materialize",
     "render_actor",

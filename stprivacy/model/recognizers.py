@@ -25,12 +25,16 @@ def _check_positive(**values: int) -> None:
 class _ViTEncoder(nn.Module):
     """Tokenizer, pre-norm blocks, a mean pool and a LayerNorm; shared by both classifiers.
 
-    The pool comes before the norm, as in the authors' ``action.py`` (timm's ``fc_norm``): the
-    mean over the kept tokens, then the LayerNorm of that mean.
+    By default the pool comes before the norm, as in the authors' ``action.py`` (timm's
+    ``fc_norm``): the mean over the kept tokens, then the LayerNorm of that mean.
+    ``norm_before_pool`` normalizes every token first and averages after (the choice of ViTs
+    pooled by a class token's norm), which small recognizers trained from scratch learn motion
+    with far sooner (docs/demo_results.md).
     """
 
     def __init__(self, *, frames: int, image_size: int, tubelet: tuple[int, int, int], in_chans: int, embed_dim: int,
-                 depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attn_eps: float, norm_eps: float):
+                 depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attn_eps: float, norm_eps: float,
+                 norm_before_pool: bool = False):
         super().__init__()
         _check_positive(frames=frames, image_size=image_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
                         num_heads=num_heads)
@@ -49,25 +53,30 @@ class _ViTEncoder(nn.Module):
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm_before_pool = norm_before_pool
 
     def forward(self, video: Tensor, keep: Tensor | None) -> Tensor:
         """``Tensor[B, C, T, H, W]``, ``keep: Tensor[B, L*N] | None`` -> pooled ``Tensor[B, D]``."""
         x = self.embed(video)
         for blk in self.blocks:
             x = blk(x, keep)
+        if self.norm_before_pool:
+            x = self.norm(x)
         if keep is None:
-            return self.norm(x.mean(dim=1))
-        B, _, D = x.shape
-        L, N = self.grid
-        return self.norm(ops.masked_mean(x.view(B, L, N, D), keep.view(B, L, N).to(x.dtype))[1])
+            pooled = x.mean(dim=1)
+        else:
+            B, _, D = x.shape
+            L, N = self.grid
+            pooled = ops.masked_mean(x.view(B, L, N, D), keep.view(B, L, N).to(x.dtype))[1]
+        return pooled if self.norm_before_pool else self.norm(pooled)
 
 
 class VideoClassifier(nn.Module):
     """ViT video classifier over tubelets (no class token, mean-pooled), for action or privacy.
 
     With a keep mask the dropped tubelets are skipped: masked out of every attention as keys and
-    left out of the mean pool. The head starts at zero, as the release's recognizers do, so every
-    class starts equally likely.
+    left out of the mean pool. The head starts at zero, as the release's recognizers do (so every
+    class starts equally likely), unless ``zero_head`` is False.
 
     Args:
         num_classes: actions, or privacy attributes when ``multilabel``.
@@ -77,23 +86,30 @@ class VideoClassifier(nn.Module):
             (cross-entropy); recorded for the training code, the logits are the same either way.
         attn_eps: smoothing of the masked attention.
         norm_eps: epsilon of the LayerNorms (ViT-S: 1e-6).
+        norm_before_pool: normalize the tokens, then pool (see :class:`_ViTEncoder`); False, the
+            release's order, pools then normalizes.
+        zero_head: start the head at zero (the release's recognizers); False draws it like every
+            other Linear (truncated normal, std 0.02).
     """
 
     def __init__(self, num_classes: int, *, frames: int = 16, image_size: int = 112,
                  tubelet: tuple[int, int, int] = (2, 16, 16), in_chans: int = 3, embed_dim: int = 384, depth: int = 12,
                  num_heads: int = 6, mlp_ratio: float = 4.0, qkv_bias: bool = True, multilabel: bool = False,
-                 attn_eps: float = 1e-6, norm_eps: float = 1e-6):
+                 attn_eps: float = 1e-6, norm_eps: float = 1e-6, norm_before_pool: bool = False,
+                 zero_head: bool = True):
         super().__init__()
         _check_positive(num_classes=num_classes)
         self.num_classes = num_classes
         self.multilabel = multilabel
         self.encoder = _ViTEncoder(frames=frames, image_size=image_size, tubelet=tubelet, in_chans=in_chans,
                                    embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                                   qkv_bias=qkv_bias, attn_eps=attn_eps, norm_eps=norm_eps)
+                                   qkv_bias=qkv_bias, attn_eps=attn_eps, norm_eps=norm_eps,
+                                   norm_before_pool=norm_before_pool)
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(init_weights)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @classmethod
     def from_config(cls, cfg: STPrivacyConfig, num_classes: int, *, multilabel: bool = False,
@@ -127,12 +143,13 @@ class FrameClassifier(nn.Module):
         patch_size: ``p`` or ``(pH, pW)``.
         in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: ViT sizes.
         multilabel: recorded for the training code (BCE vs cross-entropy).
-        norm_eps: epsilon of the LayerNorms (ViT-S: 1e-6).
+        norm_eps, norm_before_pool, zero_head: as for :class:`VideoClassifier`.
     """
 
     def __init__(self, num_classes: int, *, image_size: int = 112, patch_size: int | tuple[int, int] = 16,
                  in_chans: int = 3, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, multilabel: bool = False, norm_eps: float = 1e-6):
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, multilabel: bool = False, norm_eps: float = 1e-6,
+                 norm_before_pool: bool = False, zero_head: bool = True):
         super().__init__()
         _check_positive(num_classes=num_classes)
         ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
@@ -141,11 +158,13 @@ class FrameClassifier(nn.Module):
         # A frame is a one-frame video with 1 x pH x pW tubelets: the video encoder serves as is.
         self.encoder = _ViTEncoder(frames=1, image_size=image_size, tubelet=(1, ph, pw), in_chans=in_chans,
                                    embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                                   qkv_bias=qkv_bias, attn_eps=1e-6, norm_eps=norm_eps)
+                                   qkv_bias=qkv_bias, attn_eps=1e-6, norm_eps=norm_eps,
+                                   norm_before_pool=norm_before_pool)
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(init_weights)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @classmethod
     def from_config(cls, cfg: STPrivacyConfig, num_classes: int, *, multilabel: bool = True,

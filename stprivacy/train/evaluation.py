@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from .. import metrics
+from ..verdict import ATTACKERS, combine_attackers
 from ..model import STPrivacy, STPrivacyConfig
 from .checkpoint import load_latest, rng_state, save_rotating, set_rng_state
 from .common import clip_and_step, make_optimizer, make_recognizer, set_lr
@@ -200,20 +201,65 @@ def test_recognizers(action_rec, privacy_rec, test_data: TensorDataset, cfg: Tra
                                                                           privacy)))
 
 
+def without_mask(data: TensorDataset) -> TensorDataset:
+    """The same transformed videos for a pixel-only attacker: the keep masks replaced by the 1-D
+    "no mask" marker, so the recognizers see every tubelet, dropped ones as the black pixels
+    they are."""
+    videos, _, actions, privacy = data.tensors
+    return TensorDataset(videos, torch.ones(len(videos)), actions, privacy)
+
+
+def _has_mask(data: TensorDataset) -> bool:
+    return data.tensors[1].dim() > 1
+
+
+def attack_transformed(train_data: TensorDataset, test_data: TensorDataset, model_cfg: STPrivacyConfig,
+                       cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
+                       attackers: tuple[str, ...] = ("pixels",), logger: RunLogger | None = None,
+                       state_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Fresh recognizers of each kind in ``attackers`` trained on already transformed data
+    (:func:`transform_dataset`'s layout) and tested; combined by
+    :func:`stprivacy.verdict.combine_attackers`. ``state_dir`` holds one checkpoint folder per
+    attacker."""
+    if not attackers or any(a not in ATTACKERS for a in attackers):
+        raise ValueError(f"attackers must be a non-empty subset of {ATTACKERS}, got {attackers!r}")
+    # Nothing dropped: the mask-aware attacker is the pixel-only one, run once.
+    masked = _has_mask(train_data) or _has_mask(test_data)
+    runs = list(dict.fromkeys(a if masked else "pixels" for a in attackers))
+    results = {}
+    for attacker in runs:
+        train_view, test_view = ((train_data, test_data) if attacker == "mask"
+                                 else (without_mask(train_data), without_mask(test_data)))
+        torch.manual_seed(cfg.seed + 1)  # every attacker's recognizers start alike
+        action_rec, privacy_rec, _ = fit_recognizers(
+            train_view, model_cfg, cfg, num_classes, num_attributes, desc=f"{name} [{attacker}]", logger=logger,
+            state_dir=None if state_dir is None else state_dir / attacker, resume=resume)
+        results[attacker] = test_recognizers(action_rec, privacy_rec, test_view, cfg)
+    return combine_attackers(results)
+
+
 def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
                         cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
-                        logger: RunLogger | None = None, state_dir: str | Path | None = None,
-                        resume: bool = False) -> dict[str, Any]:
+                        attackers: tuple[str, ...] = ("pixels",), logger: RunLogger | None = None,
+                        state_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     """The whole evaluation protocol for one frozen transform (``logger`` logs the recognizers'
     losses under the phase name ``evaluation/<name>``).
 
-    With ``state_dir``, the recognizers' checkpoints go to ``state_dir/<name>/`` and the result to
-    ``state_dir/<name>/result.json``; ``resume`` reuses a finished result and continues an
-    unfinished fit exactly.
+    Args:
+        attackers: which fresh recognizers attack the output (``stprivacy.verdict.ATTACKERS``):
+            "pixels" see the released video only, "mask" also get the transform's keep mask. A
+            transform that drops nothing has no mask, so "mask" is then the same attacker as
+            "pixels" and runs once. The result combines them by
+            :func:`stprivacy.verdict.combine_attackers`; each one's numbers are kept under
+            ``"attackers"``.
+        state_dir, resume: with ``state_dir``, the recognizers' checkpoints go to
+            ``state_dir/<name>/<attacker>/`` and the result to ``state_dir/<name>/result.json``;
+            ``resume`` reuses a finished result and continues an unfinished fit exactly.
 
     Returns:
-        ``{"top1", "f1", "cmap"}`` as fractions, plus ``"kept"`` (mean fraction of tubelets the
-        transform keeps) and ``"seconds"``.
+        ``{"top1", "f1", "cmap"}`` as fractions, ``"ap"`` (per attribute), ``"privacy_from"`` /
+        ``"top1_from"`` (the attackers they come from), ``"attackers"``, ``"kept"`` (mean
+        fraction of tubelets the transform keeps) and ``"seconds"``.
     """
     t0 = time.perf_counter()
     own_dir = Path(state_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", name) if state_dir is not None else None
@@ -221,9 +267,9 @@ def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dat
         return json.loads((own_dir / "result.json").read_text())
     train_data = transform_dataset(transform, train_set, cfg, desc=f"{name}: transform train")
     test_data = transform_dataset(transform, test_set, cfg, desc=f"{name}: transform test")
-    action_rec, privacy_rec, _ = fit_recognizers(train_data, model_cfg, cfg, num_classes, num_attributes,
-                                                 desc=name, logger=logger, state_dir=own_dir, resume=resume)
-    result: dict[str, Any] = test_recognizers(action_rec, privacy_rec, test_data, cfg)
+    result = attack_transformed(train_data, test_data, model_cfg, cfg, num_classes=num_classes,
+                                num_attributes=num_attributes, name=name, attackers=attackers, logger=logger,
+                                state_dir=own_dir, resume=resume)
     keep = test_data.tensors[1]
     result["kept"] = float(keep.mean()) if keep.dim() > 1 else 1.0
     result["seconds"] = time.perf_counter() - t0

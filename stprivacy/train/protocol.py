@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from ..baselines import make_baseline
 from ..model import STPrivacy, STPrivacyConfig
 from ..model.pretrained import load_pretrained_vit
+from ..verdict import ATTACKERS
 from .anonymizer import train_adversarial, train_initialization
 from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from .common import make_recognizer
@@ -132,26 +133,29 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
 
 def evaluate_stprivacy(model: STPrivacy, cfg: TrainConfig, train_set: Dataset, test_set: Dataset, *,
                        num_classes: int, num_attributes: int, keep_ratios: list[float] | None = None,
-                       name: str = "stprivacy", logger: RunLogger | None = None,
-                       state_dir: str | Path | None = None, resume: bool = False) -> dict[str, dict[str, Any]]:
+                       name: str = "stprivacy", attackers: tuple[str, ...] = ATTACKERS,
+                       logger: RunLogger | None = None, state_dir: str | Path | None = None,
+                       resume: bool = False) -> dict[str, dict[str, Any]]:
     """Phase 3 at each deployment keep ratio (default: ``cfg.eval_keep_ratios`` or the model's
-    alpha). Returns ``{str(ratio): {"top1", "f1", "cmap", "kept", "seconds"}}``. ``state_dir``
-    and ``resume``: see :func:`evaluate_anonymizer`."""
+    alpha), attacked by pixel-only and by mask-aware recognizers (``attackers``). Returns
+    ``{str(ratio): result}``; ``attackers``, ``state_dir`` and ``resume``: see
+    :func:`evaluate_anonymizer`."""
     ratios = keep_ratios or cfg.eval_keep_ratios or [model.cfg.alpha]
     results = {}
     for ratio in ratios:
         torch.manual_seed(cfg.seed + 1)  # the fresh recognizers start alike for every ratio
         results[f"{ratio:g}"] = evaluate_anonymizer(
             stprivacy_transform(model, ratio), train_set, test_set, model.cfg, cfg,
-            num_classes=num_classes, num_attributes=num_attributes, name=f"{name} alpha={ratio:g}", logger=logger,
-            state_dir=state_dir, resume=resume)
+            num_classes=num_classes, num_attributes=num_attributes, name=f"{name} alpha={ratio:g}",
+            attackers=attackers, logger=logger, state_dir=state_dir, resume=resume)
     return results
 
 
 def evaluate_baseline(name: str, model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Dataset,
                       test_set: Dataset, *, num_classes: int, num_attributes: int,
                       logger: RunLogger | None = None) -> dict[str, Any]:
-    """Phase 3 for one of ``stprivacy.baselines.BASELINE_NAMES``."""
+    """Phase 3 for one of ``stprivacy.baselines.BASELINE_NAMES`` (a pixel-only attacker: a baseline
+    drops nothing, so it has no mask)."""
     torch.manual_seed(cfg.seed + 1)
     transform = baseline_transform(make_baseline(name, model_cfg.image_size))
     return evaluate_anonymizer(transform, train_set, test_set, model_cfg, cfg, num_classes=num_classes,

@@ -1,0 +1,115 @@
+"""How results are judged: which attacker a row's numbers come from, the demo's target, and the
+ablation finding. One place, shared by ``stprivacy demo``, the seed table and ``stprivacy evaluate``.
+
+Attackers. A method is attacked by fresh recognizers trained on its output (the evaluation
+protocol). Two kinds exist:
+
+* ``"pixels"``: ViTs that see only the released video (a dropped tubelet is black pixels). Every
+  method, baselines and STPrivacy alike, faces this attacker: it is what anyone holding the
+  released frames can train.
+* ``"mask"``: ViTs that also receive STPrivacy's keep mask (masked attention, masked pooling),
+  the paper's recognizers. Only methods that drop tubelets have one.
+
+A row reports, per method, the privacy numbers (cMAP, F1, per-attribute AP) of the attacker that
+recovers more privacy (the higher cMAP) and the top-1 of the action recognizer that does better
+(a user deploys the better one); ``privacy_from`` and ``top1_from`` name them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from statistics import median
+from typing import Any
+
+ATTACKERS = ("pixels", "mask")
+TOP1_GAP_POINTS = 5.0  # STPrivacy's top-1 may trail raw by at most this many points
+COMPETITIVE_POINTS = 10.0  # a baseline within this many top-1 points of raw is "competitive"
+
+
+def _points(fraction: float) -> float:
+    # Percentage points, rounded far below any reported digit, so 0.951 - 0.902 is 4.9, not 4.9000000001.
+    return round(100.0 * fraction, 6)
+
+
+def combine_attackers(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One row from the results of each attacker (``{"pixels": {...}, "mask": {...}}``).
+
+    Privacy (cmap, f1, ap) comes from the attacker with the higher cMAP, top-1 from the action
+    recognizer with the higher top-1; ties go to the first attacker in ``ATTACKERS`` order.
+    """
+    if not results:
+        raise ValueError("results must hold at least one attacker's result")
+    unknown = sorted(set(results) - set(ATTACKERS))
+    if unknown:
+        raise ValueError(f"unknown attackers {unknown}; expected a subset of {ATTACKERS}")
+    order = [a for a in ATTACKERS if a in results]
+    privacy_from = max(order, key=lambda a: (results[a]["cmap"], -order.index(a)))
+    top1_from = max(order, key=lambda a: (results[a]["top1"], -order.index(a)))
+    row = dict(results[privacy_from])
+    row["top1"] = results[top1_from]["top1"]
+    row.update(privacy_from=privacy_from, top1_from=top1_from,
+               attackers={a: {k: v for k, v in results[a].items() if k != "attackers"} for a in order})
+    return row
+
+
+def demo_target(rows: Mapping[str, Mapping[str, Any]], main: str, baselines: Iterable[str], raw: str = "raw"
+                ) -> dict[str, Any]:
+    """The demo's success criterion: ``main``'s top-1 within 5 points of ``raw``'s, and its cMAP
+    below that of every baseline whose top-1 is within 10 points of raw (both judged on rows made
+    by :func:`combine_attackers`: the stronger privacy attacker of each method).
+
+    Returns:
+        ``{"met", "top1_gap_to_raw_points", "top1_within_5_points", "competitive_baselines",
+        "cmap_below_competitive_baselines", "privacy_from"}``.
+    """
+    for name in (raw, main):
+        if name not in rows:
+            raise ValueError(f"rows has no {name!r} row")
+    gap = _points(rows[raw]["top1"]) - _points(rows[main]["top1"])
+    competitive = [n for n in baselines if n in rows
+                   and _points(rows[raw]["top1"]) - _points(rows[n]["top1"]) <= COMPETITIVE_POINTS]
+    within = round(gap, 6) <= TOP1_GAP_POINTS
+    below = all(rows[main]["cmap"] < rows[n]["cmap"] for n in competitive)
+    return {
+        "met": bool(within and below),
+        "top1_gap_to_raw_points": round(gap, 2),
+        "top1_within_5_points": bool(within),
+        "competitive_baselines": competitive,
+        "cmap_below_competitive_baselines": bool(below),
+        "privacy_from": {name: rows[name].get("privacy_from", "pixels") for name in [main, *competitive]},
+    }
+
+
+def tradeoff_margin(row: Mapping[str, Any]) -> float:
+    """The scalar a trade-off is ranked by: top-1 minus cMAP, in points (action kept minus
+    privacy leaked; higher is better)."""
+    return _points(row["top1"]) - _points(row["cmap"])
+
+
+def ablation_finding(runs: list[Mapping[str, Mapping[str, Any]]], full: str, ablations: Iterable[str]
+                     ) -> dict[str, Any]:
+    """Paper Fig. 4 (first column) over seeds: does each mechanism alone have a worse trade-off
+    than both together?
+
+    "Worse" means a lower median, over the runs, of :func:`tradeoff_margin` (top-1 minus cMAP, in
+    points). Medians of top-1 and cMAP are reported beside it.
+
+    Args:
+        runs: one ``{method: row}`` per seed.
+        full: the method with both mechanisms.
+        ablations: the methods with one mechanism each.
+    """
+    if not runs:
+        raise ValueError("runs must hold at least one run")
+    methods = [full, *ablations]
+    medians = {}
+    for name in methods:
+        rows = [run[name] for run in runs if name in run]
+        if not rows:
+            raise ValueError(f"no run has a {name!r} row")
+        medians[name] = {
+            "top1": median(r["top1"] for r in rows), "cmap": median(r["cmap"] for r in rows),
+            "margin_points": median(tradeoff_margin(r) for r in rows), "runs": len(rows),
+        }
+    worse = {name: medians[name]["margin_points"] < medians[full]["margin_points"] for name in ablations}
+    return {"definition": "worse = lower median over seeds of (top-1 - cMAP) in points",
+            "medians": medians, "ablation_is_worse": worse, "holds": all(worse.values())}
