@@ -70,8 +70,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("stprivacy_demo"), help="output directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the benchmark, the weights and the batches")
-    p.add_argument("--tiny", action="store_true", default=os.environ.get("STPRIVACY_DEMO_TINY", "") not in ("", "0"),
-                   help="a seconds-long smoke run (also: environment variable STPRIVACY_DEMO_TINY=1)")
+    p.add_argument("--tiny", action="store_true", default=os.environ.get("STPRIV_DEMO_TINY", "") not in ("", "0"),
+                   help="a seconds-long smoke run (default: on when the environment variable STPRIV_DEMO_TINY=1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
