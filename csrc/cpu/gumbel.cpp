@@ -1,5 +1,5 @@
 // CPU kernels of stpriv::gumbel_keep and stpriv::gumbel_topk and their backwards
-// (DESIGN.md §gumbel_keep; paper Eq. 6).
+// (docs/ops.md, "gumbel_keep" and "gumbel_topk"; paper Eq. 6).
 //
 // Noise is either given (exact tests) or generated here: one uniform per token from counter-based
 // Philox-4x32-10 keyed by the seed (token i: output i % 4 of counter i / 4). It is the generator of

@@ -1,4 +1,4 @@
-// CPU kernels of stpriv::masked_attention and its backward (DESIGN.md §masked_attention).
+// CPU kernels of stpriv::masked_attention and its backward (docs/ops.md, "masked_attention").
 //
 // Flash-style: per thread, a block of queries meets a block of keys through BLAS matrix
 // products on small scratch tiles; the N x N score matrix of a head never exists. The
