@@ -1,7 +1,7 @@
 """Pure-PyTorch oracles: the semantics of every stpriv op, written for clarity, not speed.
 
 These are what the kernels are tested against (in float64) and what runs when the compiled
-extension is missing. Each function documents the exact math of ../DESIGN.md's op contracts.
+extension is missing. Each function states the math of its op's contract in docs/ops.md.
 """
 from __future__ import annotations
 

@@ -21,17 +21,20 @@ file from elsewhere cannot run code.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .data.transforms import frames_to_tensor, resize, tensor_to_frames
 from .data.video import VIDEO_EXTENSIONS, iter_frames, list_videos, probe_video, write_video
+from .errors import ConfigError, InputNotFoundError, UsageError
 from .model import STPrivacy, STPrivacyConfig
+from .progress import progress_bar
+from .train.checkpoint import CheckpointError, read_weights_only
 
 
 def load_anonymizer(checkpoint: str | Path, config: str | Path | STPrivacyConfig | None = None,
@@ -44,19 +47,18 @@ def load_anonymizer(checkpoint: str | Path, config: str | Path | STPrivacyConfig
     a JSON file of its fields).
 
     Raises:
-        ValueError: the file is missing, holds something else, or its weights do not fit the config.
+        InputNotFoundError: no such file.
+        CheckpointError: the file is damaged, unsafe (a pickle payload), holds something else, or its
+            weights do not fit the config.
+        ConfigError: ``config`` is a file that is missing or not a valid STPrivacyConfig.
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise ValueError(f"checkpoint must be an existing file, got {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        payload: object = load_file(str(path), device="cpu")
+        payload = _read_safetensors(path)
     else:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_weights_only(path)
     if not isinstance(payload, dict):
-        raise ValueError(f"{path} must hold a dict (a checkpoint or a state dict), got {type(payload).__name__}")
+        raise CheckpointError(f"{path} must hold a dict (a checkpoint or a state dict), got {type(payload).__name__}")
     state, stored = payload, None
     if isinstance(payload.get("model"), dict):
         state = payload["model"]
@@ -68,18 +70,46 @@ def load_anonymizer(checkpoint: str | Path, config: str | Path | STPrivacyConfig
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: the weights do not fit the model config: {exc}") from exc
+        raise CheckpointError(f"{path}: the weights do not fit the model config: {exc}") from exc
     return model.to(device).eval()
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InputNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({exc})") from exc
 
 
 def _resolve_config(config, stored, path: Path) -> STPrivacyConfig:
     if isinstance(config, STPrivacyConfig):
         return config
     if config is not None:
-        return STPrivacyConfig.from_dict(json.loads(Path(config).read_text()))
+        return _read_model_config(Path(config))
     if isinstance(stored, dict):
-        return STPrivacyConfig.from_dict(stored)
-    raise ValueError(f"{path} holds no model config: pass config (an STPrivacyConfig or a JSON file of its fields)")
+        try:
+            return STPrivacyConfig.from_dict(stored)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path} holds an invalid model config: {exc}") from exc
+    raise CheckpointError(f"{path} holds no model config: pass config (an STPrivacyConfig or a JSON file of its fields)")
+
+
+def _read_model_config(path: Path) -> STPrivacyConfig:
+    if not path.is_file():
+        raise InputNotFoundError(f"config file not found: {path}")
+    try:
+        fields = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    try:
+        return STPrivacyConfig.from_dict(fields)
+    except (ValueError, TypeError, AttributeError) as exc:  # the config's validation of this file's fields
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def tile_layout(height: int, width: int) -> tuple[int, bool]:
@@ -141,23 +171,33 @@ def anonymize_video(model: STPrivacy, source: str | Path, target: str | Path, *,
     """Anonymizes one video file into ``target``; returns the number of frames written.
 
     The output has the input's frame count, frame rate and size (rounded up to even sides, which
-    H.264's 4:2:0 video needs).
+    H.264's 4:2:0 video needs). It is written to a temporary file beside ``target`` and renamed
+    when complete, so a failure (a video that turns out truncated) leaves no partial output and
+    an existing ``target`` untouched.
+
+    Raises:
+        VideoDecodeError: the input cannot be opened or decoded.
     """
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise UsageError(f"stride must be >= 1, got {stride}")
+    target = Path(target)
     info = probe_video(source)
     length = model.cfg.frames * stride
-    bar = tqdm(total=info.num_frames, desc=Path(source).name, unit="frame", disable=not progress)
+    bar = progress_bar(total=info.num_frames, desc=Path(source).name, unit="frame", disable=not progress)
 
     def anonymized() -> Iterator[np.ndarray]:
         for window, real in _windows(iter_frames(source), length):
             yield from anonymize_window(model, window, stride, keep_ratio)[:real]
             bar.update(real)
 
+    partial = target.with_name(f".{target.stem}.partial{target.suffix}")  # same suffix: same container
     try:
-        return write_video(target, anonymized(), fps=info.fps, codec=codec)
+        frames = write_video(partial, anonymized(), fps=info.fps, codec=codec)
+        os.replace(partial, target)
     finally:
+        partial.unlink(missing_ok=True)
         bar.close()
+    return frames
 
 
 @dataclass(frozen=True)
@@ -173,8 +213,9 @@ def plan_jobs(source: str | Path, output: str | Path, overwrite: bool = False) -
     folder); a folder's videos go to the same relative paths under the output folder, as ``.mp4``.
 
     Raises:
-        ValueError: no input, an output that is an input (or the output folder inside the input
-            folder), or an existing output without ``overwrite``.
+        InputNotFoundError: ``source`` does not exist.
+        UsageError: a folder without videos, an output that is an input (or the output folder
+            inside the input folder), a wrong output suffix, or an existing output without ``overwrite``.
     """
     source, output = Path(source), Path(output)
     if source.is_file():
@@ -183,33 +224,48 @@ def plan_jobs(source: str | Path, output: str | Path, overwrite: bool = False) -
     elif source.is_dir():
         out_root = output.resolve()
         if out_root == source.resolve() or source.resolve() in out_root.parents:
-            raise ValueError(f"output folder {output} must not be the input folder {source} or inside it")
+            raise UsageError(f"output folder {output} must not be the input folder {source} or inside it")
         videos = list_videos(source)
         if not videos:
-            raise ValueError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {source}")
+            raise UsageError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {source}")
         jobs = [Job(v, output / v.relative_to(source).with_suffix(".mp4")) for v in videos]
     else:
-        raise ValueError(f"input must be a video file or a folder of videos, got {source}")
+        raise InputNotFoundError(f"input {source} does not exist: expected a video file or a folder of videos")
     for job in jobs:
         if job.target.suffix.lower() not in (".mp4", ".mkv", ".mov"):
-            raise ValueError(f"output {job.target} must end in .mp4 (or .mkv / .mov)")
+            raise UsageError(f"output {job.target} must end in .mp4 (or .mkv / .mov)")
         if job.target.exists() and job.target.resolve() == job.source.resolve():
-            raise ValueError(f"refusing to overwrite the input video {job.source}")
+            raise UsageError(f"refusing to overwrite the input video {job.source}")
         if job.target.exists() and not overwrite:
-            raise ValueError(f"output {job.target} exists; pass overwrite=True (--overwrite) to replace it")
+            raise UsageError(f"output {job.target} exists; pass overwrite=True (--overwrite) to replace it")
     return jobs
 
 
 def anonymize_path(model: STPrivacy, source: str | Path, output: str | Path, *, keep_ratio: float | None = None,
                    stride: int = 1, codec: str = "libx264", overwrite: bool = False,
                    progress: bool = True) -> list[tuple[Path, int]]:
-    """Anonymizes a video file or every video of a folder; returns (output path, frames) pairs."""
+    """Anonymizes a video file or every video of a folder; returns (output path, frames) pairs.
+
+    Every input is probed before anything is written, so an unreadable one stops the run with no
+    output at all; if a video fails later (truncated past its header), the videos already written
+    stay and the folders this call created for outputs it did not write are removed again.
+    """
     jobs = plan_jobs(source, output, overwrite)
-    done = []
     for job in jobs:
-        job.target.parent.mkdir(parents=True, exist_ok=True)
-        frames = anonymize_video(model, job.source, job.target, keep_ratio=keep_ratio, stride=stride, codec=codec,
-                                 progress=progress)
-        done.append((job.target, frames))
+        probe_video(job.source)
+    created = sorted({d for job in jobs for d in (job.target.parent, *job.target.parent.parents) if not d.exists()},
+                     key=lambda d: len(d.parts), reverse=True)  # deepest first, for the clean-up
+    done = []
+    try:
+        for job in jobs:
+            job.target.parent.mkdir(parents=True, exist_ok=True)
+            frames = anonymize_video(model, job.source, job.target, keep_ratio=keep_ratio, stride=stride,
+                                     codec=codec, progress=progress)
+            done.append((job.target, frames))
+    except BaseException:
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     return done
 

@@ -6,11 +6,11 @@ Each command module exposes ``add_parser(subparsers)`` (which registers its argu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from .commands import anonymize, demo, evaluate, train
+from .errors import UserError
 
 COMMANDS = [demo, train, evaluate, anonymize]
 
@@ -31,12 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs a parsed command. A :class:`~stprivacy.errors.UserError` becomes one line on stderr
+    and exit status 2 (argparse's status for bad usage); anything else is a bug and propagates
+    with its traceback."""
     try:
         return int(args.run(args) or 0)
-    # user errors, and a loss gone NaN/inf (FloatingPointError): one clear line, no traceback
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        if os.environ.get("STPRIVACY_DEBUG"):
-            raise
+    except UserError as e:
         print(f"stprivacy {args.command}: error: {e}", file=sys.stderr)
         return 2
 

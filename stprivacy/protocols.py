@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from . import metrics
 from .data.video_dataset import collate_videos
 from .model import FrameClassifier, STPrivacy, STPrivacyConfig
+from .progress import progress_bar
 from .train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .train.config import TrainConfig, get_lr
 
@@ -51,7 +51,7 @@ def _loader(dataset: Dataset, cfg: TrainConfig, *, shuffle: bool, seed_offset: i
 
 def _batches(loader: DataLoader, device: torch.device, desc: str, progress: bool) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """(video, action, privacy) on ``device``, leaving out batches in which every video was skipped."""
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         if batch is None:
             continue
         video, action, privacy = batch

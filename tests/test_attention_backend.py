@@ -39,8 +39,25 @@ def _qkv(B=2, H=3, N=7, d=8):
     return [torch.randn(B, H, N, d, generator=g, dtype=torch.float64) for _ in range(3)]
 
 
+@pytest.fixture(autouse=True)
+def _no_cached_default():
+    """Each test starts, and leaves the process, with the default not yet read."""
+    current_attention_backend.__dict__.pop("default", None)
+    yield
+    current_attention_backend.__dict__.pop("default", None)
+
+
+def _fresh_default(monkeypatch, value=None):
+    """As in a new process: the environment variable is read again at the next call."""
+    current_attention_backend.__dict__.pop("default", None)
+    if value is None:
+        monkeypatch.delenv("STPRIV_ATTENTION", raising=False)
+    else:
+        monkeypatch.setenv("STPRIV_ATTENTION", value)
+
+
 def test_default_is_sdpa(monkeypatch):
-    monkeypatch.delenv("STPRIVACY_ATTENTION", raising=False)
+    _fresh_default(monkeypatch)
     assert current_attention_backend() == "sdpa"
     q, k, v = _qkv()
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
@@ -69,12 +86,16 @@ def test_the_model_runs_its_unmasked_attention_on_xformers(fake_xformers):
 
 
 def test_environment_variable_selects_the_backend(fake_xformers, monkeypatch):
-    monkeypatch.setenv("STPRIVACY_ATTENTION", "xformers")
+    _fresh_default(monkeypatch, "xformers")
     assert current_attention_backend() == "xformers"
     attention(*_qkv(), 0.5)
     assert len(fake_xformers) == 1
-    monkeypatch.setenv("STPRIVACY_ATTENTION", "flash")
-    with pytest.raises(ValueError, match="STPRIVACY_ATTENTION"):
+    monkeypatch.setenv("STPRIV_ATTENTION", "sdpa")  # read once: a later change does not switch it
+    assert current_attention_backend() == "xformers"
+    with attention_backend("sdpa"):  # the argument always wins
+        assert current_attention_backend() == "sdpa"
+    _fresh_default(monkeypatch, "flash")
+    with pytest.raises(ValueError, match="STPRIV_ATTENTION"):
         current_attention_backend()
 
 

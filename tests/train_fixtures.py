@@ -24,7 +24,6 @@ def write_config(path: Path, **train_overrides) -> Path:
 def cli_env() -> dict[str, str]:
     """One thread per process (what torchrun gives each rank), so runs are bitwise comparable."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    env.pop("STPRIVACY_DEBUG", None)
     return env
 
 

@@ -1,7 +1,7 @@
 // Grain sizes for at::parallel_for, from the work of one loop item.
 //
-// A parallel region costs microseconds even on an idle machine, and far more on a loaded one
-// (measured: 10 ms per call for a 120-element gather on 2 busy cores), so a loop runs inline
+// A parallel region costs microseconds even on an idle machine, and can cost milliseconds on a
+// loaded one (benchmarks/RESULTS.md, "Measurements behind code choices"), so a loop runs inline
 // unless it holds at least at::internal::GRAIN_SIZE (32768) elements' worth of work.
 #pragma once
 

@@ -1,5 +1,5 @@
 // CPU kernels of stpriv::gumbel_keep and stpriv::gumbel_topk and their backwards
-// (DESIGN.md §gumbel_keep; paper Eq. 6).
+// (docs/ops.md, "gumbel_keep" and "gumbel_topk"; paper Eq. 6).
 //
 // Noise is either given (exact tests) or generated here: one uniform per token from counter-based
 // Philox-4x32-10 keyed by the seed (token i: output i % 4 of counter i / 4). It is the generator of
@@ -29,8 +29,8 @@ namespace {
 // gives the four 32-bit outputs of triton.language.randint4x(seed, offset), bit for bit.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 // Compiled for AVX2 and baseline, picked at load time: the build needs no -march flag. No
-// AVX-512 clone: on the 2-core EPYC of benchmarks/RESULTS.md it made gumbel_topk 2x slower
-// (0.36 -> 0.76 ms, and slowed the code that ran after it), where AVX2 made it 2x faster.
+// AVX-512 clone: on the 2-core EPYC of benchmarks/RESULTS.md it made gumbel_topk slower, and the
+// code that ran after it too, where AVX2 made it faster ("Measurements behind code choices").
 #define STPRIV_GUMBEL_VECTORIZE __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define STPRIV_GUMBEL_VECTORIZE
@@ -332,8 +332,8 @@ STPRIV_GUMBEL_INLINE void count_ahead(const acc_t* __restrict padded, int32_t N,
 }
 
 // keep[n] = 1 for the k tubelets first in best-first order (higher value, then lower index), N <=
-// kRankCountMaxN, by ranking every tubelet. nth_element mispredicts about every other branch on
-// random noise (measured on 256 steps of 49: 170 us with nth_element, 28 us ranking). First by
+// kRankCountMaxN, by ranking every tubelet: nth_element mispredicts about every other branch on
+// random noise, ranking has no data-dependent branches (benchmarks/RESULTS.md). First by
 // higher values only, half the compares: unless a group of equal values straddles the k-th place
 // that keeps exactly k, the right ones; else (count != k) again with ties broken by index.
 // `value` has NaN already replaced by +inf.

@@ -1,4 +1,4 @@
-// CPU kernels of stpriv::masked_attention and its backward (DESIGN.md §masked_attention).
+// CPU kernels of stpriv::masked_attention and its backward (docs/ops.md, "masked_attention").
 //
 // Flash-style: per thread, a block of queries meets a block of keys through BLAS matrix
 // products on small scratch tiles; the N x N score matrix of a head never exists. The
@@ -58,19 +58,9 @@ namespace {
 // and key blocks of 512..1600 were all within that shared machine's noise; 64 x 512 keeps each
 // thread's three tiles (384 KiB) inside L2. A key row of up to kKeyBlock keys is one tile, so for
 // ViT-sized N (392 tokens) the forward needs no online rescaling at all.
-#ifdef STPRIV_TUNE_BLOCKS  // development only: block sizes from the environment, for tuning runs
-int64_t block_from_env(const char* name, int64_t fallback) {
-  const char* value = std::getenv(name);
-  return value ? std::atoll(value) : fallback;
-}
-const int64_t kQueryBlockFwd = block_from_env("STPRIV_QBF", 64);
-const int64_t kQueryBlockBwd = block_from_env("STPRIV_QBB", 64);
-const int64_t kKeyBlock = block_from_env("STPRIV_KB", 512);
-#else
 constexpr int64_t kQueryBlockFwd = 64;
 constexpr int64_t kQueryBlockBwd = 64;
 constexpr int64_t kKeyBlock = 512;
-#endif
 
 // Key blocks of near-equal width: a narrow last block would cost a full BLAS call for little work.
 int64_t key_block_width(int64_t N) {

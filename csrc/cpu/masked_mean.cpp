@@ -1,4 +1,4 @@
-// CPU kernels of stpriv::masked_mean and its backward (DESIGN.md §masked_mean, paper Eq. 2-3).
+// CPU kernels of stpriv::masked_mean and its backward (docs/ops.md, "masked_mean"; paper Eq. 2-3).
 //
 // Forward: one pass over x. Each (b, l) group sums keep * x over its N tubelets into a float32
 // scratch row (float64 for float64); the spatio-temporal mean then reuses those per-step sums,

@@ -1,5 +1,5 @@
 // CPU kernels of stpriv::topk_keep, stpriv::gather_tokens and stpriv::scatter_tokens
-// (DESIGN.md §Top-k selection and compaction; paper §3.2).
+// (docs/ops.md, "topk_keep, gather_tokens, scatter_tokens"; paper §3.2).
 //
 // topk_keep: per (b, l) row, nth_element with a total order (score descending, then index
 // ascending; NaN ranks like +inf), then the k winners sorted by index: O(N + k log k) per row.

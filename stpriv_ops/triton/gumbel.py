@@ -1,4 +1,4 @@
-"""Triton kernels of ``stpriv.gumbel_keep`` and ``stpriv.gumbel_topk`` (DESIGN.md §gumbel_keep; Eq. 6).
+"""Triton kernels of ``stpriv.gumbel_keep`` and ``stpriv.gumbel_topk`` (docs/ops.md, "gumbel_keep" and "gumbel_topk"; Eq. 6).
 
 The noise is either read from a given tensor or generated in the kernel: one uniform per token
 from Philox-4x32-10 (``tl.randint4x``; token i takes output i % 4 of counter i // 4), mapped to

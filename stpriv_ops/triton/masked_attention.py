@@ -1,6 +1,6 @@
 """Triton kernels of ``stpriv.masked_attention``: flash-style forward and a deterministic backward.
 
-Math (DESIGN.md, masked_attention): ``S = scale * q k^T``, ``m_i = max_j S_ij`` over ALL keys,
+Math (docs/ops.md, "masked_attention"): ``S = scale * q k^T``, ``m_i = max_j S_ij`` over ALL keys,
 ``e_ij = exp(S_ij - m_i)``, ``w_ij = 1 if i == j else keep_j``, ``Z_i = sum_j w_ij e_ij + eps``,
 ``P_ij = (w_ij e_ij + eps/N) / Z_i``, ``out_i = sum_j P_ij v_j``.
 

@@ -1,4 +1,4 @@
-"""Triton kernels of ``stpriv.masked_mean`` (DESIGN.md §masked_mean; paper Eq. 2-3).
+"""Triton kernels of ``stpriv.masked_mean`` (docs/ops.md, "masked_mean"; paper Eq. 2-3).
 
 Forward: one program per (video b, channel block) walks the video's L steps and N tubelets once,
 writing each step's spatial mean and, from the same per-step sums, the spatio-temporal mean: both

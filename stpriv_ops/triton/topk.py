@@ -1,4 +1,4 @@
-"""Triton kernels of ``stpriv.topk_keep``, ``gather_tokens`` and ``scatter_tokens`` (DESIGN.md §Top-k).
+"""Triton kernels of ``stpriv.topk_keep``, ``gather_tokens`` and ``scatter_tokens`` (contract: docs/ops.md).
 
 Top-k without sorting: one program per (b, l) row ranks every tubelet by counting the tubelets that
 beat it (higher value, or equal value and lower index; NaN ranks like +inf). That total order

@@ -7,11 +7,11 @@ refuses existing outputs unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from ..anonymize import anonymize_path, load_anonymizer, plan_jobs
+from ..errors import UsageError
 
 HELP = "anonymize a video file or a folder of videos with a trained STPrivacy model"
 
@@ -42,28 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the command; returns the process exit code (2 for a refused or invalid request)."""
+    """Runs the command; a refused or invalid request raises a :class:`~stprivacy.errors.UserError`."""
     if args.keep_ratio is not None and not 0.0 < args.keep_ratio <= 1.0:
-        print(f"error: --keep-ratio must be in (0, 1], got {args.keep_ratio}", file=sys.stderr)
-        return 2
-    try:
-        plan_jobs(args.input, args.output, args.overwrite)  # refuse before loading anything
-        model = load_anonymizer(args.checkpoint, args.config, device=args.device)
-        done = anonymize_path(model, args.input, args.output, keep_ratio=args.keep_ratio, stride=args.stride,
-                              codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
+    if args.stride < 1:
+        raise UsageError(f"--stride must be >= 1, got {args.stride}")
+    plan_jobs(args.input, args.output, args.overwrite)  # refuse before loading anything
+    model = load_anonymizer(args.checkpoint, args.config, device=args.device)
+    done = anonymize_path(model, args.input, args.output, keep_ratio=args.keep_ratio, stride=args.stride,
+                          codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress)
     for path, frames in done:
         print(f"wrote {path} ({frames} frames)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stprivacy anonymize", description=HELP)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .. import seed_table, viz
+from ..errors import UsageError
 from ..baselines import BASELINE_NAMES
 from ..data.synthetic import PRIVACY_ATTRIBUTES, SyntheticVideos, actor_keep_masks, materialize
 from ..model import STPrivacy, STPrivacyConfig
@@ -93,8 +94,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "OUT/seed_table.md and OUT/seed_table.json")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, usually one per core); results depend on it")
-    p.add_argument("--tiny", action="store_true", default=os.environ.get("STPRIVACY_DEMO_TINY", "") not in ("", "0"),
-                   help="a seconds-long smoke run (also: environment variable STPRIVACY_DEMO_TINY=1)")
+    p.add_argument("--tiny", action="store_true", default=os.environ.get("STPRIV_DEMO_TINY", "") not in ("", "0"),
+                   help="a seconds-long smoke run (default: on when the environment variable STPRIV_DEMO_TINY=1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -227,9 +228,11 @@ def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out must be a directory, but {args.out} is a file")
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.seeds is None:
         run_demo(args.seed, args.out, tiny=args.tiny, progress=not args.no_progress)

@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 
 from ..baselines import BASELINE_NAMES, DETECTOR_BASELINES
+from ..errors import UsageError
 from ..model import STPrivacy, STPrivacyConfig
 from ..protocols import add_protocol_arguments, run_evaluate_command, uses_protocols
 from ..train import TrainConfig, dataset_sizes, evaluate_baseline, evaluate_stprivacy, load_checkpoint
+from ..train.checkpoint import CheckpointError
 from ..train.distributed import init_from_env, is_main, shutdown
 from .train import build_datasets, load_run_config, print_results
 
@@ -35,10 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if args.keep_ratios and any(not 0 < r <= 1 for r in args.keep_ratios):
-        raise ValueError(f"--keep-ratios must be in (0, 1], got {args.keep_ratios}")
+        raise UsageError(f"--keep-ratios must be in (0, 1], got {args.keep_ratios}")
     checkpoint = load_checkpoint(args.checkpoint)
-    model_cfg = STPrivacyConfig.from_dict(checkpoint["config"]["model"])
-    cfg = load_run_config(args.config)[1] if args.config else TrainConfig.from_dict(checkpoint["config"]["train"])
+    model_cfg = _stored_config(args.checkpoint, checkpoint, "model", STPrivacyConfig)
+    cfg = load_run_config(args.config)[1] if args.config else _stored_config(args.checkpoint, checkpoint, "train",
+                                                                             TrainConfig)
     init_from_env(cfg.device)  # under torchrun: the fresh recognizers train with DDP, metrics over all ranks
     try:
         return _evaluate(args, checkpoint, model_cfg, cfg)
@@ -46,9 +49,20 @@ def run(args: argparse.Namespace) -> int:
         shutdown()
 
 
+def _stored_config(path: Path, checkpoint: dict, section: str, config_class):
+    """A section of the run config the checkpoint carries; a missing or invalid one is a damaged checkpoint."""
+    try:
+        return config_class.from_dict(checkpoint["config"][section])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds no usable '{section}' config ({type(e).__name__}: {e})") from e
+
+
 def _evaluate(args: argparse.Namespace, checkpoint: dict, model_cfg: STPrivacyConfig, cfg: TrainConfig) -> int:
     model = STPrivacy(model_cfg)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{args.checkpoint}: its weights do not fit its model config ({e})") from e
     # A cross-dataset evaluation needs only the target benchmark's videos, not the training one's.
     train_set, test_set = (None, None) if args.eval_dataset else build_datasets(model_cfg, cfg)
     if uses_protocols(args, train_set):  # real videos, frame-level or cross-dataset: stprivacy.protocols

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, InputNotFoundError, UsageError
 from ..model import STPrivacyConfig
 from ..protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
@@ -87,41 +88,59 @@ def apply_run_arguments(cfg: TrainConfig, args: argparse.Namespace) -> TrainConf
     """``cfg`` with the given command-line overrides (validated again by TrainConfig)."""
     overrides = {field: getattr(args, flag) for flag, field in RUN_OPTIONS.items()
                  if getattr(args, flag, None) is not None}
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    if not overrides:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, **overrides)
+    except (ValueError, TypeError) as e:  # TrainConfig's own validation of the new values
+        raise UsageError(f"command-line options: {e}") from e
 
 
 def model_config_from_dict(section: dict[str, Any]) -> STPrivacyConfig:
     """``{"preset": name, **overrides}`` (or plain fields) -> STPrivacyConfig."""
     if not isinstance(section, dict):
-        raise TypeError(f"the 'model' section must be an object, got {type(section).__name__}")
+        raise ConfigError(f"the 'model' section must be an object, got {type(section).__name__}")
     section = dict(section)
     preset = section.pop("preset", None)
     if preset is None:
         return STPrivacyConfig.from_dict(section)
     if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
     base = PRESETS[preset]().to_dict()
     unknown = sorted(set(section) - set(base))
     if unknown:
-        raise ValueError(f"unknown STPrivacyConfig keys: {unknown}")
+        raise ConfigError(f"unknown STPrivacyConfig keys: {unknown}")
     return STPrivacyConfig.from_dict({**base, **section})
 
 
 def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
-    """Read a run config file (see the module docstring)."""
+    """Read a run config file (see the module docstring).
+
+    Raises:
+        InputNotFoundError: no such file.
+        ConfigError: not JSON, unknown sections or keys, or values the configs reject.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise InputNotFoundError(f"config file not found: {path}")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object with 'model' and 'train' sections")
+        raise ConfigError(f"{path} must hold a JSON object with 'model' and 'train' sections")
     unknown = sorted(set(data) - {"model", "train"})
     if unknown:
-        raise ValueError(f"unknown sections in {path}: {unknown}; expected 'model' and 'train'")
-    return model_config_from_dict(data.get("model", {"preset": "small"})), TrainConfig.from_dict(data.get("train", {}))
+        raise ConfigError(f"unknown sections in {path}: {unknown}; expected 'model' and 'train'")
+    try:
+        # The config classes validate their fields with ValueError / TypeError: here every such
+        # error is about a value in this file.
+        return (model_config_from_dict(data.get("model", {"preset": "small"})),
+                TrainConfig.from_dict(data.get("train", {})))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
 
 
 def build_datasets(model_cfg: STPrivacyConfig, cfg: TrainConfig):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DatasetError
 from .video_dataset import JoinReport, VideoClipDataset, VideoRecord, index_video_files
 
 RESERVED_COLUMNS = ("video", "action", "split")
@@ -39,13 +40,13 @@ class FolderCSV(VideoClipDataset):
     def __init__(self, video_root: str | Path, csv_path: str | Path, subset: str = "train", **kwargs) -> None:
         csv_path = Path(csv_path)
         if not csv_path.is_file():
-            raise ValueError(f"csv_path must be an existing CSV file, got {csv_path}")
+            raise DatasetError(f"csv_path must be an existing CSV file, got {csv_path}")
         with csv_path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
             rows = list(reader)
         if "video" not in columns:
-            raise ValueError(f"{csv_path}: the header must have a 'video' column, got {columns}")
+            raise DatasetError(f"{csv_path}: the header must have a 'video' column, got {columns}")
         attributes = [c for c in columns if c not in RESERVED_COLUMNS]
         classes = self._classes(rows, columns)  # from every row, so train and test agree
         if "split" in columns:
@@ -56,7 +57,7 @@ class FolderCSV(VideoClipDataset):
         for row in rows:
             values = [row[a].strip() for a in attributes]
             if any(v not in ("0", "1") for v in values):
-                raise ValueError(f"{csv_path}: video {row['video']!r}: attribute values must be 0 or 1, got {values}")
+                raise DatasetError(f"{csv_path}: video {row['video']!r}: attribute values must be 0 or 1, got {values}")
             path = root / row["video"]
             path = path if path.is_file() else files.get(Path(row["video"]).stem)
             if path is None:

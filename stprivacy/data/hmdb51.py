@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..errors import DatasetError
 from .clips import SAMPLING_RATE
 from .privacy_labels import load_privacy_labels
 from .video_dataset import VideoClipDataset, index_video_files, join_split
@@ -29,14 +30,14 @@ def parse_hmdb51_splits(split_dir: str | Path, split: int = 1) -> dict[str, tupl
         ValueError: no split file for ``split``, a malformed line, or an unknown tag.
     """
     if split not in (1, 2, 3):
-        raise ValueError(f"split must be 1, 2 or 3, got {split!r}")
+        raise DatasetError(f"split must be 1, 2 or 3, got {split!r}")
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        raise ValueError(f"split_dir must be the testTrainMulti_7030_splits folder, got {split_dir}")
+        raise DatasetError(f"split_dir must be the testTrainMulti_7030_splits folder, got {split_dir}")
     entries: dict[str, tuple[str, str]] = {}
     files = sorted(split_dir.glob(f"*_test_split{split}.txt"))
     if not files:
-        raise ValueError(f"no '<class>_test_split{split}.txt' files in {split_dir}")
+        raise DatasetError(f"no '<class>_test_split{split}.txt' files in {split_dir}")
     for file in files:
         action = _SPLIT_FILE.match(file.name)["action"]
         for line_no, line in enumerate(file.read_text().splitlines(), start=1):
@@ -44,7 +45,7 @@ def parse_hmdb51_splits(split_dir: str | Path, split: int = 1) -> dict[str, tupl
             if not fields:
                 continue
             if len(fields) != 2 or fields[1] not in _TAGS:
-                raise ValueError(f"{file}:{line_no}: expected '<video>.avi <0|1|2>', got {line!r}")
+                raise DatasetError(f"{file}:{line_no}: expected '<video>.avi <0|1|2>', got {line!r}")
             subset = _TAGS[fields[1]]
             if subset is not None:
                 entries[Path(fields[0]).stem] = (action, subset)

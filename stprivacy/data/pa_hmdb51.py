@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DatasetError
 from .privacy_labels import PRIVACY_ATTRIBUTES, PrivacyLabelTable, load_privacy_labels
 from .video_dataset import JoinReport, VideoClipDataset, VideoRecord, index_video_files
 
@@ -26,7 +27,7 @@ def span_value_present(value: object) -> bool:
     if isinstance(value, list):
         return any(span_value_present(v) for v in value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"span values must be numbers or lists of numbers, got {value!r}")
+        raise DatasetError(f"span values must be numbers or lists of numbers, got {value!r}")
     return value > 0
 
 
@@ -37,7 +38,7 @@ def video_level_labels(annotation: dict, attributes: tuple[str, ...] = PRIVACY_A
         spans = annotation.get(name) or []
         for span in spans:
             if not isinstance(span, list) or len(span) != 3:
-                raise ValueError(f"attribute {name!r}: spans must be [start, end, value], got {span!r}")
+                raise DatasetError(f"attribute {name!r}: spans must be [start, end, value], got {span!r}")
         labels.append(float(any(span_value_present(span[2]) for span in spans)))
     return labels
 
@@ -47,20 +48,20 @@ def load_pa_hmdb51_labels(annotation_dir: str | Path) -> PrivacyLabelTable:
     annotation_dir = Path(annotation_dir)
     files = sorted(annotation_dir.glob("*.json"))
     if not files:
-        raise ValueError(f"annotation_dir must hold PA-HMDB51's <action>.json files, found none in {annotation_dir}")
+        raise DatasetError(f"annotation_dir must hold PA-HMDB51's <action>.json files, found none in {annotation_dir}")
     stems, actions, values = [], [], []
     for file in files:
         try:
             videos = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{file} is not valid JSON: {exc}") from exc
+            raise DatasetError(f"{file} is not valid JSON: {exc}") from exc
         if not isinstance(videos, dict):
-            raise ValueError(f"{file}: expected an object mapping video names to annotations")
+            raise DatasetError(f"{file}: expected an object mapping video names to annotations")
         for video, annotation in sorted(videos.items()):
             try:
                 values.append(video_level_labels(annotation))
             except ValueError as exc:
-                raise ValueError(f"{file}: video {video!r}: {exc}") from exc
+                raise DatasetError(f"{file}: video {video!r}: {exc}") from exc
             stems.append(Path(video).stem)
             actions.append(file.stem)
     labels = torch.tensor(values, dtype=torch.float32).reshape(len(values), len(PRIVACY_ATTRIBUTES))
@@ -86,7 +87,7 @@ class PAHMDB51(VideoClipDataset):
         records, self.report = [], JoinReport()
         for stem, action, row in zip(labels.stems, labels.action_names, labels.labels):
             if action not in class_index:
-                raise ValueError(f"annotation file {action}.json does not name an HMDB51 class")
+                raise DatasetError(f"annotation file {action}.json does not name an HMDB51 class")
             if stem in files:
                 records.append(VideoRecord(files[stem], class_index[action], row))
             else:

@@ -16,6 +16,8 @@ from importlib import resources
 import torch
 from torch import Tensor
 
+from ..errors import DatasetError
+
 PRIVACY_ATTRIBUTES = ("skin_color", "face", "gender", "nudity", "relationship")
 _BINARY = frozenset(("0", "1"))
 LABEL_FILES = {"hmdb51": "hmdb51_privacy_labels.csv", "ucf101": "ucf101_privacy_labels.csv"}
@@ -59,22 +61,22 @@ def parse_label_csv(text: str, source: str = "<labels>") -> PrivacyLabelTable:
     """
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or not rows[0] or rows[0][0] != "video":
-        raise ValueError(f"{source}: expected a header starting with 'video', got {rows[:1]}")
+        raise DatasetError(f"{source}: expected a header starting with 'video', got {rows[:1]}")
     attributes = tuple(rows[0][1:])
     stems, actions, values, seen = [], [], [], set()
     for line_no, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != len(attributes) + 1:
-            raise ValueError(f"{source}:{line_no}: expected {len(attributes) + 1} fields, got {row}")
+            raise DatasetError(f"{source}:{line_no}: expected {len(attributes) + 1} fields, got {row}")
         parts = row[0].split("/")
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"{source}:{line_no}: expected '<class>/<video>', got {row[0]!r}")
+            raise DatasetError(f"{source}:{line_no}: expected '<class>/<video>', got {row[0]!r}")
         stem = parts[1].rsplit(".", 1)[0]
         if stem in seen:
-            raise ValueError(f"{source}:{line_no}: video {stem!r} is listed twice")
+            raise DatasetError(f"{source}:{line_no}: video {stem!r} is listed twice")
         if not _BINARY.issuperset(row[1:]):
-            raise ValueError(f"{source}:{line_no}: attribute values must be 0 or 1, got {row[1:]}")
+            raise DatasetError(f"{source}:{line_no}: attribute values must be 0 or 1, got {row[1:]}")
         seen.add(stem)
         stems.append(stem)
         actions.append(parts[0])
@@ -90,6 +92,6 @@ def load_privacy_labels(dataset: str) -> PrivacyLabelTable:
     Parsed once per process and shared: treat the returned table as read-only.
     """
     if dataset not in LABEL_FILES:
-        raise ValueError(f"dataset must be one of {sorted(LABEL_FILES)}, got {dataset!r}")
+        raise DatasetError(f"dataset must be one of {sorted(LABEL_FILES)}, got {dataset!r}")
     resource = resources.files("stprivacy.data").joinpath("labels", LABEL_FILES[dataset])
     return parse_label_csv(resource.read_text(encoding="utf-8"), source=LABEL_FILES[dataset])

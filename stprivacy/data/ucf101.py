@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from ..errors import DatasetError
 from .clips import SAMPLING_RATE
 from .privacy_labels import load_privacy_labels
 from .video_dataset import VideoClipDataset, index_video_files, join_split
@@ -19,17 +20,17 @@ def parse_class_index(split_dir: str | Path) -> list[str]:
     """Class names by 0-based index, from ``classInd.txt``."""
     path = Path(split_dir) / "classInd.txt"
     if not path.is_file():
-        raise ValueError(f"split_dir must be the ucfTrainTestlist folder holding classInd.txt, got {split_dir}")
+        raise DatasetError(f"split_dir must be the ucfTrainTestlist folder holding classInd.txt, got {split_dir}")
     by_index: dict[int, str] = {}
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 2 or not fields[0].isdigit():
-            raise ValueError(f"{path}:{line_no}: expected '<index> <class>', got {line!r}")
+            raise DatasetError(f"{path}:{line_no}: expected '<index> <class>', got {line!r}")
         by_index[int(fields[0])] = fields[1]
     if sorted(by_index) != list(range(1, len(by_index) + 1)):
-        raise ValueError(f"{path}: class indices must be 1..{len(by_index)}, got {sorted(by_index)}")
+        raise DatasetError(f"{path}: class indices must be 1..{len(by_index)}, got {sorted(by_index)}")
     return [by_index[i] for i in range(1, len(by_index) + 1)]
 
 
@@ -44,13 +45,13 @@ def parse_ucf101_splits(split_dir: str | Path, split: int = 1) -> dict[str, tupl
             video's class folder.
     """
     if split not in (1, 2, 3):
-        raise ValueError(f"split must be 1, 2 or 3, got {split!r}")
+        raise DatasetError(f"split must be 1, 2 or 3, got {split!r}")
     classes = parse_class_index(split_dir)
     entries: dict[str, tuple[str, str]] = {}
     for subset in ("train", "test"):
         path = Path(split_dir) / f"{subset}list0{split}.txt"
         if not path.is_file():
-            raise ValueError(f"missing official split list {path}")
+            raise DatasetError(f"missing official split list {path}")
         for line_no, line in enumerate(path.read_text().splitlines(), start=1):
             fields = line.split()
             if not fields:
@@ -58,12 +59,12 @@ def parse_ucf101_splits(split_dir: str | Path, split: int = 1) -> dict[str, tupl
             video = PurePosixPath(fields[0].replace("\\", "/"))
             expected_fields = 2 if subset == "train" else 1
             if len(fields) != expected_fields or len(video.parts) != 2:
-                raise ValueError(f"{path}:{line_no}: expected '<class>/<video>.avi{' <index>' if subset == 'train' else ''}', got {line!r}")
+                raise DatasetError(f"{path}:{line_no}: expected '<class>/<video>.avi{' <index>' if subset == 'train' else ''}', got {line!r}")
             action = video.parts[0]
             if action not in classes:
-                raise ValueError(f"{path}:{line_no}: class {action!r} is not in classInd.txt")
+                raise DatasetError(f"{path}:{line_no}: class {action!r} is not in classInd.txt")
             if subset == "train" and fields[1] != str(classes.index(action) + 1):
-                raise ValueError(f"{path}:{line_no}: label {fields[1]} disagrees with classInd's {action!r}")
+                raise DatasetError(f"{path}:{line_no}: label {fields[1]} disagrees with classInd's {action!r}")
             entries[video.stem] = (action, subset)
     return entries
 

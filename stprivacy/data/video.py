@@ -19,6 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..errors import DatasetError, UserError
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 
 # A header frame count can be off by a few frames (common in HMDB51's AVI files); a stream that
@@ -26,7 +28,7 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 TRUNCATION_TOLERANCE = 0.1
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video that cannot be opened, has no video stream, or ends much earlier than it claims."""
 
 
@@ -207,5 +209,5 @@ def list_videos(root: str | Path) -> list[Path]:
     """Every video file under ``root`` (recursively, by extension), sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"video root must be an existing directory, got {root}")
+        raise DatasetError(f"video root must be an existing directory, got {root}")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DatasetError
 from .clips import average_views, eval_clip_indices, train_clip_indices
 from .privacy_labels import PrivacyLabelTable
 from .transforms import eval_views, train_transform
@@ -77,7 +78,7 @@ def join_split(
         if entry_subset != subset:
             continue
         if action not in class_index:
-            raise ValueError(f"split lists {stem!r} under unknown class {action!r}")
+            raise DatasetError(f"split lists {stem!r} under unknown class {action!r}")
         if stem not in rows:
             report.missing_label.append(stem)
         elif stem not in files:

@@ -68,11 +68,16 @@ def attention_backend(name: str) -> Iterator[None]:
 
 
 def current_attention_backend() -> str:
-    """The backend in force: :func:`attention_backend`'s, else ``$STPRIVACY_ATTENTION``, else "sdpa"."""
+    """The backend in force: :func:`attention_backend`'s, else the default, ``$STPRIV_ATTENTION``
+    ("sdpa" when unset), read once, at the first call that needs it."""
     name = _ATTENTION_BACKEND.get()
     if name is not None:
         return name
-    return _check_backend(os.environ.get("STPRIVACY_ATTENTION", "sdpa"), "the environment variable STPRIVACY_ATTENTION")
+    default = getattr(current_attention_backend, "default", None)
+    if default is None:  # kept on the function: one reading per process, not one per attention call
+        default = _check_backend(os.environ.get("STPRIV_ATTENTION", "sdpa"), "the environment variable STPRIV_ATTENTION")
+        current_attention_backend.default = default
+    return default
 
 
 def _check_backend(name: str, what: str) -> str:

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from stpriv_ops import sparsity_loss
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..model import STPrivacy
+from ..progress import progress_bar
 from .common import backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss, set_lr, to_device
 from .config import TrainConfig, get_lr, sparsity_warmup
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
@@ -105,8 +105,8 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
     while progress.epoch < cfg.init_epochs:
         t0 = time.perf_counter()
         loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
-        bar = tqdm(loader, desc=f"init {progress.epoch + 1}/{cfg.init_epochs}", initial=progress.batch,
-                   total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
+        bar = progress_bar(loader, desc=f"init {progress.epoch + 1}/{cfg.init_epochs}", initial=progress.batch,
+                           unit="batch", total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
         for batch in bar:
             if not usable_on_all_ranks(batch, accum):  # unreadable videos left a rank with nothing
                 progress.skip_batch()
@@ -165,8 +165,8 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
     while progress.epoch < cfg.adv_epochs:
         t0 = time.perf_counter()
         loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
-        bar = tqdm(loader, desc=f"adversarial {progress.epoch + 1}/{cfg.adv_epochs}", initial=progress.batch,
-                   total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
+        bar = progress_bar(loader, desc=f"adversarial {progress.epoch + 1}/{cfg.adv_epochs}", initial=progress.batch,
+                           unit="batch", total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
         for batch in bar:
             if not usable_on_all_ranks(batch, accum):  # unreadable videos left a rank with nothing
                 progress.skip_batch()

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputNotFoundError, UserError
+
 
 def rng_state() -> dict[str, Any]:
     """The states of every random generator a training run draws from, as safe-to-load types."""
@@ -78,7 +80,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
 LAST, PREVIOUS = "last.pt", "last.prev.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used: truncated, corrupt, or not an stprivacy checkpoint."""
 
 
@@ -87,28 +89,41 @@ class UnsafeCheckpointError(CheckpointError):
     would run code when unpickled); it is refused, never executed."""
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; only tensors and plain Python types
-    are accepted (``weights_only=True``), so an untrusted file cannot run code.
+def read_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, with a refusal or a damaged file as a clear error.
+
+    Only tensors and plain Python types are accepted, so an untrusted file cannot run code.
 
     Raises:
-        FileNotFoundError: no such file.
+        InputNotFoundError: no such file.
         UnsafeCheckpointError: the file carries other pickled objects (custom classes, callables).
-        CheckpointError: the file is truncated, corrupt, or not an stprivacy checkpoint.
+        CheckpointError: the file is truncated or corrupt.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only's refusal; its last line names the offending global (e.g. posix.system).
-        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        # weights_only's refusal; one of its lines names the offending global (e.g. posix.system).
+        lines = [line for line in str(e).splitlines() if "GLOBAL" in line or "global" in line]
+        detail = lines[0].strip().split(". ")[0].rstrip(".") if lines else type(e).__name__
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains pickled objects other than tensors and plain "
             f"Python types, which could run code ({detail})") from e
     except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with :func:`read_weights_only`.
+
+    Raises:
+        InputNotFoundError: no such file.
+        UnsafeCheckpointError: the file carries other pickled objects (custom classes, callables).
+        CheckpointError: the file is truncated, corrupt, or not an stprivacy checkpoint.
+    """
+    checkpoint = read_weights_only(path, map_location)
     if not isinstance(checkpoint, dict) or "phase" not in checkpoint:
         raise CheckpointError(f"{path} is not an stprivacy checkpoint (expected a dict with a 'phase' key)")
     return checkpoint

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data.real_datasets import REAL_DATASETS
 from ..data.synthetic import SyntheticVideos
+from ..errors import ConfigError
 
 
 def _synthetic(split: str, geometry: dict[str, Any], *, train_videos: int = 1024, test_videos: int = 512,
@@ -44,7 +45,7 @@ def build_dataset(name: str, split: str, geometry: dict[str, Any], **kwargs: Any
         **kwargs: the dataset's own options.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     missing = {"frames", "image_size", "tubelet"} - set(geometry)
@@ -53,4 +54,4 @@ def build_dataset(name: str, split: str, geometry: dict[str, Any], **kwargs: Any
     try:
         return DATASETS[name](split, geometry, **kwargs)
     except TypeError as e:  # an unknown keyword: say which dataset rejected it
-        raise ValueError(f"bad dataset_kwargs for {name!r}: {e}") from e
+        raise ConfigError(f"bad dataset_kwargs for {name!r}: {e}") from e

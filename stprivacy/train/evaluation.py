@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
-from tqdm.auto import tqdm
 
 from .. import metrics
 from ..verdict import ATTACKERS, combine_attackers
 from ..model import STPrivacy, STPrivacyConfig
+from ..progress import progress_bar
 from .checkpoint import load_latest, rng_state, save_rotating, set_rng_state
 from .common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .config import TrainConfig, get_lr
@@ -68,7 +68,8 @@ def transform_dataset(transform: Anonymizer, dataset: Dataset, cfg: TrainConfig,
     block = Subset(dataset, list(shard_range(len(dataset))))
     loader = DataLoader(block, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     videos, keeps, actions, privacy = [], [], [], []
-    for video, action, priv in tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and is_main())):
+    for video, action, priv in progress_bar(loader, desc=desc, unit="batch", leave=False,
+                                            disable=not (cfg.progress and is_main())):
         out, keep = transform(video.to(device))
         videos.append(out.cpu())
         keeps.append(keep if keep is None else keep.cpu())
@@ -141,8 +142,8 @@ def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: 
     while progress.epoch < cfg.eval_epochs:
         t0 = time.perf_counter()
         loader = make_loader(train_data, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
-        bar = tqdm(loader, desc=f"{desc}: fresh recognizers {progress.epoch + 1}/{cfg.eval_epochs}", leave=False,
-                   disable=not (cfg.progress and is_main()))
+        bar = progress_bar(loader, desc=f"{desc}: fresh recognizers {progress.epoch + 1}/{cfg.eval_epochs}",
+                           unit="batch", leave=False, disable=not (cfg.progress and is_main()))
         for batch in bar:
             if not usable_on_all_ranks(batch, accum):  # unreadable videos left a rank with nothing
                 progress.skip_batch()

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .config import TrainConfig
 from .distributed import all_reduce_mean, wrap
 
@@ -22,9 +23,10 @@ PHASE_IDS = {"initialization": 1, "adversarial": 2, "evaluation": 3}
 SaveFn = Callable[["Progress", dict[str, torch.optim.Optimizer]], None]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A loss became NaN or infinite; raised before the optimizer step, so the weights and the
-    last checkpoint are those of the last good step."""
+    last checkpoint are those of the last good step. A user error: the fix is in the run's
+    config (a lower learning rate, ``grad_clip``), and the message names the step."""
 
 
 @dataclass
