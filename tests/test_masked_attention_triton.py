@@ -245,6 +245,22 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("needs", [(True, False, False, False), (False, True, False, True), (False, False, True, False)])
+def test_backward_computes_only_requested_gradients(needs):
+    """Gradients not asked for come back as None; the others equal those of a full backward."""
+    case = Case(1, 2, 37, 16, keep="soft")
+    q, k, v, keep, grad_out = make_inputs(case, DEVICE, seed=10)
+    out, row_max, row_sum = triton_ma.masked_attention_forward(q, k, v, keep, blocks=BLOCKS)
+    args = (grad_out, q, k, v, keep, out, row_max, row_sum, None, 1e-6)
+    full = triton_ma.masked_attention_backward(*args, blocks=BLOCKS)
+    some = triton_ma.masked_attention_backward(*args, needs=needs, blocks=BLOCKS)
+    for name, need, a, b in zip(OUTPUTS[1:], needs, full, some):
+        assert (b is not None) == need, name
+        if need:
+            assert torch.equal(a, b), name
+    assert triton_ma.masked_attention_backward(*args, needs=(False,) * 4) == (None,) * 4
+
+
 def test_dkeep_trains_dropped_keys():
     """dkeep is nonzero for dropped keys: the straight-through estimator depends on it."""
     case = Case(1, 2, 40, 16)
