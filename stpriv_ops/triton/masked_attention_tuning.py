@@ -9,9 +9,10 @@ the same function.
 
 Where the numbers come from: the structure is the Triton fused-attention tutorial's (forward: a
 large query tile streaming key tiles; dk/dv: a large key tile and a small query step; dq: the
-mirror image), and every configuration listed here compiles for sm_90 without spills and within the
-227 KiB of shared memory (``python benchmarks/compile_facts.py``; the table is in
-benchmarks/RESULTS.md). They have not been timed on a GPU yet. Tile choices at N = 392:
+mirror image); ``python benchmarks/compile_facts.py`` compiles the pinned ones for sm_90 and
+reports registers, spills and shared memory (table in benchmarks/RESULTS.md: every one fits in
+shared memory, but most attention kernels spill, so these tiles are a starting point, not a
+result). They have not been timed on a GPU yet. Tile choices at N = 392:
 a 64-row tile wastes 12.5% of the work on padding (448 rows), a 128-row one 23% (512 rows).
 The dk/dv kernel runs one program per (key block, batch), looping over the heads, so its key tile
 stays at 64 to keep B * N / 64 programs (224 at B32 N392, 200 at B8 N1568) for 132 SMs.
