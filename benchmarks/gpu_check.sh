@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, in one command on a fresh CUDA machine (H100/H200) holding a copy of the repo:
 # builds stpriv_ops._C, runs the CUDA tests (the Triton kernels' full case matrix on the device, then
-# every test marked `cuda`), then the benchmark tables. Aimed at 6-8 minutes; each phase has its own
-# time limit (under 10 minutes in all) so one hang cannot eat the rest.
+# every test marked `cuda`), then the benchmark tables, in at most 6 minutes: each phase has its own
+# time limit (build 90 s, tests 70 + 80 s, benchmarks 70 + 50 s) so one hang cannot eat the rest,
+# and a second run fits in a 15-minute device budget.
 #
 #   bash benchmarks/gpu_check.sh [results-dir]
 #
@@ -44,25 +45,24 @@ python -c "import torch, triton, pytest, pytest_benchmark, hypothesis, einops" 2
 } >"$RESULTS/machine.txt" 2>&1
 cat "$RESULTS/machine.txt"
 
-phase build 120 build.log python setup.py build_ext --inplace || { echo "build failed"; exit 1; }
+phase build 90 build.log python setup.py build_ext --inplace || { echo "build failed"; exit 1; }
 python -c "import stpriv_ops; assert stpriv_ops.has_ops(); print('stpriv_ops._C loaded')" || exit 1
 
-# Kernel-level cases on the device with fixed tiles, every autotuning candidate among them (which
-# also fills Triton's disk cache for the benchmarks), then every `cuda` test through torch.ops.stpriv.
-# STPRIV_TRITON_AUTOTUNE=0: tests check results, not speed, and autotuning each test shape would
-# cost minutes of compiles. Modules whose optional dependencies are missing here must not stop the
-# CUDA tests, hence --continue-on-collection-errors.
-STPRIV_TRITON_AUTOTUNE=0 phase tests_triton 130 tests_triton.log \
-  python -m pytest -q -p no:cacheprovider tests/test_masked_attention_triton.py
-STPRIV_TRITON_AUTOTUNE=0 phase tests_cuda 130 tests_cuda.log \
+# Kernel-level cases on the device with fixed tiles and every tile candidate (which also fills
+# Triton's disk cache with the pinned configurations the benchmarks run: the kernels never
+# autotune), then every `cuda` test through torch.ops.stpriv. Modules whose optional dependencies
+# are missing here must not stop the CUDA tests, hence --continue-on-collection-errors.
+phase tests_triton 70 tests_triton.log \
+  python -m pytest -q -p no:cacheprovider -x tests/test_masked_attention_triton.py
+phase tests_cuda 80 tests_cuda.log \
   python -m pytest -q -p no:cacheprovider -m cuda --continue-on-collection-errors tests/
 
 # The attention table first (the numbers that matter most), then the other suites.
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-only --benchmark-columns=median,iqr,rounds
   --benchmark-sort=name --benchmark-group-by=group)
-phase bench_attention 150 bench_attention.log python -m pytest "${BENCH_ARGS[@]}" \
+phase bench_attention 70 bench_attention.log python -m pytest "${BENCH_ARGS[@]}" \
   --benchmark-json="$RESULTS/bench_attention.json" benchmarks/bench_masked_attention.py
-phase bench_rest 60 bench_rest.log python -m pytest "${BENCH_ARGS[@]}" \
+phase bench_rest 50 bench_rest.log python -m pytest "${BENCH_ARGS[@]}" \
   --benchmark-json="$RESULTS/bench_rest.json" benchmarks/ --ignore=benchmarks/bench_masked_attention.py
 
 echo "== summary"

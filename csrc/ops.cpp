@@ -23,8 +23,11 @@ TORCH_LIBRARY(stpriv, m) {
       "float eps=1e-06) -> (Tensor out, Tensor row_max, Tensor row_sum)");
   m.def(
       "_masked_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor keep, "
-      "Tensor out, Tensor row_max, Tensor row_sum, float? scale, float eps) "
+      "Tensor out, Tensor row_max, Tensor row_sum, float? scale, float eps, "
+      "bool[4] output_mask=[True, True, True, True]) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_keep)");
+  // output_mask says which of (grad_q, grad_k, grad_v, grad_keep) to compute; the others come back
+  // as empty tensors (shape [0]).
   // ---- token pruning (paper Eq. 2-3, Eq. 6, §3.2) ----
   // Masked spatial [B, L, C] and spatio-temporal [B, C] means of x [B, L, N, C] under keep [B, L, N].
   m.def("masked_mean(Tensor x, Tensor keep) -> (Tensor spatial, Tensor spatiotemporal)");

@@ -76,24 +76,29 @@ def _register() -> None:
         )
 
     @torch.library.register_fake("stpriv::_masked_attention_backward")
-    def _fake_backward(grad_out, q, k, v, keep, out, row_max, row_sum, scale, eps):
-        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), keep.new_empty(keep.shape)
+    def _fake_backward(grad_out, q, k, v, keep, out, row_max, row_sum, scale, eps, output_mask=(True,) * 4):
+        return tuple(
+            t.new_empty(t.shape) if needed else t.new_empty(0) for t, needed in zip((q, k, v, keep), output_mask)
+        )
 
     def setup_context(ctx, inputs, output):
         q, k, v, keep, scale, eps = inputs
         out, row_max, row_sum = output
+        # The statistics are for the backward, not functions to differentiate: their gradients
+        # would be silently dropped, so autograd must refuse them instead.
+        ctx.mark_non_differentiable(row_max, row_sum)
         ctx.save_for_backward(q, k, v, keep, out, row_max, row_sum)
         ctx.scale, ctx.eps = scale, eps
 
     def backward(ctx, grad_out, _grad_row_max, _grad_row_sum):
-        q, k, v, keep, out, row_max, row_sum = ctx.saved_tensors
-        if grad_out is None:
+        needed = list(ctx.needs_input_grad[:4])
+        if grad_out is None or not any(needed):
             return None, None, None, None, None, None
-        dq, dk, dv, dkeep = torch.ops.stpriv._masked_attention_backward(
-            grad_out.contiguous(), q, k, v, keep, out, row_max, row_sum, ctx.scale, ctx.eps
+        q, k, v, keep, out, row_max, row_sum = ctx.saved_tensors
+        grads = torch.ops.stpriv._masked_attention_backward(
+            grad_out, q, k, v, keep, out, row_max, row_sum, ctx.scale, ctx.eps, needed
         )
-        grads = (dq, dk, dv, dkeep)
-        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])) + (None, None)
+        return tuple(g if need else None for g, need in zip(grads, needed)) + (None, None)
 
     torch.library.register_autograd("stpriv::masked_attention", backward, setup_context=setup_context)
 
@@ -120,10 +125,14 @@ def _register_cuda() -> None:
 
         return masked_attention_forward(q, k, v, keep, scale, eps)
 
-    def backward_cuda(grad_out, q, k, v, keep, out, row_max, row_sum, scale, eps):
+    def backward_cuda(grad_out, q, k, v, keep, out, row_max, row_sum, scale, eps, output_mask=(True,) * 4):
         from .triton.masked_attention import masked_attention_backward
 
-        return masked_attention_backward(grad_out, q, k, v, keep, out, row_max, row_sum, scale, eps)
+        grads = masked_attention_backward(
+            grad_out, q, k, v, keep, out, row_max, row_sum, scale, eps, needs=tuple(output_mask)
+        )
+        # The schema returns tensors: an empty one stands for a gradient not asked for.
+        return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (q, k, v, keep)))
 
     torch.library.register_kernel("stpriv::masked_attention", "cuda", forward_cuda)
     torch.library.register_kernel("stpriv::_masked_attention_backward", "cuda", backward_cuda)

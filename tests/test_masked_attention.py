@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import stpriv_ops
 from stpriv_ops import reference
@@ -110,6 +111,53 @@ def test_double_backward_raises():
     (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+
+
+def test_row_statistics_are_not_differentiable():
+    """row_max and row_sum feed the backward; a gradient through them would be silently dropped."""
+    q, k, v, keep, _ = sample_inputs(1, 2, 6, 8, seed=0)
+    q.requires_grad_(True)
+    out, row_max, row_sum = torch.ops.stpriv.masked_attention(q, k, v, keep, None, 1e-6)
+    assert out.requires_grad and not row_max.requires_grad and not row_sum.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        row_max.sum().backward()
+
+
+class _RecordBackwardMasks(TorchDispatchMode):
+    """Records the output_mask of every _masked_attention_backward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.stpriv._masked_attention_backward.default:
+            self.masks.append(list(args[10]) if len(args) > 10 else [True] * 4)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wanted", [(True, False, False, False), (False, True, True, False), (False, False, False, True)])
+def test_backward_computes_only_requested_gradients(wanted):
+    leaves = sample_inputs(1, 2, 9, 8, seed=1)[:4]
+    for t, need in zip(leaves, wanted):
+        t.requires_grad_(need)
+    dout = torch.randn(1, 2, 9, 8, dtype=torch.float64)
+    out = stpriv_ops.masked_attention(*leaves)
+    with _RecordBackwardMasks() as recorder:
+        grads = torch.autograd.grad(out, [t for t in leaves if t.requires_grad], dout)
+    assert recorder.masks == [list(wanted)]
+    _, want = oracle(*leaves, dout)
+    for got, expected in zip(grads, [g for g, need in zip(want, wanted) if need]):
+        torch.testing.assert_close(got, expected)
+
+
+def test_backward_op_returns_empty_tensors_for_gradients_not_asked_for():
+    q, k, v, keep, dout = sample_inputs(1, 2, 5, 8, seed=2)
+    out, row_max, row_sum = torch.ops.stpriv.masked_attention(q, k, v, keep, None, 1e-6)
+    dq, dk, dv, dkeep = torch.ops.stpriv._masked_attention_backward(
+        dout, q, k, v, keep, out, row_max, row_sum, None, 1e-6, [False, True, False, True]
+    )
+    assert dq.numel() == 0 and dv.numel() == 0 and dk.shape == k.shape and dkeep.shape == keep.shape
 
 
 def _valid():

@@ -203,3 +203,35 @@ def test_triton_matches_oracle(shape, keep, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_op_matches_oracle(dtype):
     check(stpriv_ops.masked_mean, 4, 8, 49, 128, dtype, keep="empty_steps", device="cuda")
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    from stpriv_ops.triton.masked_mean import token_offsets
+except ImportError:  # the test below skips
+    triton = None
+else:
+
+    @triton.jit
+    def _last_offsets_kernel(Out_ptr, step, N, C, BLOCK: tl.constexpr):
+        n = N - BLOCK + tl.arange(0, BLOCK)
+        tl.store(Out_ptr + tl.arange(0, BLOCK), token_offsets(step, n, N) * C + (C - 1))
+
+
+def test_triton_flat_offsets_are_exact_past_2_31_elements():
+    """The kernels' flat index of x's last tokens at a shape past 2^31 elements, not allocated.
+
+    int32 offsets wrap there: ``(step * N + n) * C`` for the last step of x [256, 16, 1568, 384]
+    (2.5e9 elements) is about 2.47e9.
+    """
+    _triton_fn()  # skips without triton or a device to run it on
+    B, L, N, C = 256, 16, 1568, 384
+    assert B * L * N * C > 2**31
+    last_step, block = B * L - 1, 16
+    got = torch.zeros(block, dtype=torch.int64, device=TRITON_DEVICE)
+    _last_offsets_kernel[(1,)](got, last_step, N, C, BLOCK=block)
+    expected = [(last_step * N + n) * C + C - 1 for n in range(N - block, N)]
+    assert got.tolist() == expected
+    assert expected[-1] == B * L * N * C - 1

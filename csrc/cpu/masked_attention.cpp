@@ -14,6 +14,7 @@
 #include "cpu/exp_approx.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -465,9 +466,15 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& keep_in, const at::Tensor& out_in, const at::Tensor& row_max_in, const at::Tensor& row_sum_in,
-    std::optional<double> scale_opt, double eps) {
+    std::optional<double> scale_opt, double eps, std::array<bool, 4> output_mask) {
   check_qkv_keep(q_in, k_in, v_in, keep_in, eps);
   check_backward_inputs(grad_out_in, q_in, out_in, row_max_in, row_sum_in);
+  // The kernel computes all four gradients in one pass (dq, dk, dv and dkeep share every score);
+  // what the mask spares is the head sum of dkeep and the conversions back to the input dtypes.
+  const at::Tensor none = at::empty({0}, q_in.options());
+  if (!(output_mask[0] || output_mask[1] || output_mask[2] || output_mask[3])) {
+    return {none, none, none, none.to(keep_in.scalar_type())};
+  }
   const int64_t B = q_in.size(0), H = q_in.size(1), N = q_in.size(2), d = q_in.size(3);
   const double scale = scale_opt.has_value() ? *scale_opt : 1.0 / std::sqrt(static_cast<double>(d));
   const auto acc_type = accumulate_type(q_in.scalar_type());
@@ -488,6 +495,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_attention_back
                               out_in.scalar_type() != acc_type);
   });
   // Sum the heads in a fixed order: at::sum's reduction order could depend on the thread count.
+  const auto dt = q_in.scalar_type();
+  auto requested = [&](int i, const at::Tensor& grad) { return output_mask[i] ? grad.to(dt) : none; };
+  if (!output_mask[3]) return {requested(0, dq), requested(1, dk), requested(2, dv), none.to(keep_in.scalar_type())};
   at::Tensor dkeep = at::empty({B, N}, q.options());
   AT_DISPATCH_FLOATING_TYPES(acc_type, "masked_attention_backward_cpu_dkeep", [&] {
     const scalar_t* src = dkeep_heads.data_ptr<scalar_t>();
@@ -500,8 +510,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_attention_back
       }
     }
   });
-  const auto dt = q_in.scalar_type();
-  return {dq.to(dt), dk.to(dt), dv.to(dt), dkeep.to(keep_in.scalar_type())};
+  return {requested(0, dq), requested(1, dk), requested(2, dv), dkeep.to(keep_in.scalar_type())};
 }
 
 }  // namespace

@@ -17,6 +17,16 @@ from torch import Tensor
 
 
 @triton.jit
+def token_offsets(step, n, N):
+    """Flat offsets ``step * N + n`` of tokens ``n`` of step ``step`` (= b * L + l), in int64.
+
+    Program ids are int32, and ``(step * N + n) * C`` passes 2^31 - 1 once x has 2^31 elements:
+    every flat index is built on an int64 step.
+    """
+    return step.to(tl.int64) * N + n
+
+
+@triton.jit
 def _inverse_or_zero(count):
     return tl.where(count == 0.0, 0.0, 1.0 / tl.where(count == 0.0, 1.0, count))
 
@@ -27,22 +37,23 @@ def _masked_mean_fwd_kernel(
     L, N, C,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_valid = offs_c < C
     offs_n = tl.arange(0, BLOCK_N)
     video_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
     video_count = 0.0
     for l in range(0, L):
-        step = b * L + l
+        step = b * L + l  # int64, as b is
         step_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
         step_count = 0.0
         for n0 in range(0, N, BLOCK_N):
             n = n0 + offs_n
             n_valid = n < N
-            w = tl.load(Keep_ptr + step * N + n, mask=n_valid, other=0.0).to(tl.float32)
+            tokens = token_offsets(step, n, N)
+            w = tl.load(Keep_ptr + tokens, mask=n_valid, other=0.0).to(tl.float32)
             x = tl.load(
-                X_ptr + (step * N + n)[:, None] * C + offs_c[None, :],
+                X_ptr + tokens[:, None] * C + offs_c[None, :],
                 mask=n_valid[:, None] & c_valid[None, :], other=0.0,
             ).to(tl.float32)
             step_sum += tl.sum(w[:, None] * x, axis=0)
@@ -61,7 +72,7 @@ def _masked_mean_bwd_kernel(
     L, N, C,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_LN: tl.constexpr,
 ):
-    step = tl.program_id(0)  # b * L + l
+    step = tl.program_id(0).to(tl.int64)  # b * L + l
     b = step // L
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_valid = offs_n < N
@@ -91,7 +102,7 @@ def _masked_mean_bwd_kernel(
         st = tl.load(St_ptr + b * C + offs_c, mask=c_valid, other=0.0).to(tl.float32)
         g = gs + gst
         offset += tl.sum(gs * s + gst * st, axis=0)
-        ptrs = (step * N + offs_n)[:, None] * C + offs_c[None, :]
+        ptrs = token_offsets(step, offs_n, N)[:, None] * C + offs_c[None, :]
         mask = n_valid[:, None] & c_valid[None, :]
         x = tl.load(X_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         dot += tl.sum(x * g[None, :], axis=1)

@@ -8,7 +8,7 @@ Attention without a mask (every token real: after compaction, in the recognizers
 video, in the anonymization block) runs on PyTorch's SDPA, or on xformers' memory-efficient
 attention where that is installed and measured faster on the user's GPU: the optional extra
 ``pip install stpriv[xformers]``, selected with :func:`attention_backend` or the environment
-variable ``STPRIVACY_ATTENTION=xformers``. Nothing requires xformers.
+variable ``STPRIV_ATTENTION=xformers`` (read at the first attention call). Nothing requires xformers.
 """
 from __future__ import annotations
 
