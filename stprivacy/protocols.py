@@ -33,10 +33,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import metrics
 from .data.video_dataset import collate_videos
+from .errors import DatasetError
 from .model import FrameClassifier, STPrivacy, STPrivacyConfig
 from .progress import progress_bar
 from .train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .train.config import TrainConfig, get_lr
+from .verdict import ATTACKERS, combine_attackers
 
 # A frozen anonymizer: Tensor[B, C, T, H, W] -> (Tensor[B, C, T, H, W], keep Tensor[B, L, N] or None).
 Anonymizer = Callable[[Tensor], tuple[Tensor, Tensor | None]]
@@ -80,19 +82,30 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, float]:
 
 
 def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
-                       cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer"
-                       ) -> dict[str, Any]:
+                       cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
+                       attackers: tuple[str, ...] = ("pixels",)) -> dict[str, Any]:
     """The video-level protocol with the anonymizer applied on the fly.
 
+    Each batch is anonymized once and trains one fresh pair of recognizers (action, privacy) per
+    attacker in ``attackers`` (``stprivacy.verdict.ATTACKERS``: "pixels" see the released video
+    only, "mask" also the keep mask); the result combines them by
+    :func:`stprivacy.verdict.combine_attackers`.
+
     Returns:
-        ``{"top1", "f1", "cmap"}`` (fractions), ``"kept"`` (mean fraction of test tubelets
-        kept), ``"skipped"`` (video loads skipped as unreadable) and ``"seconds"``.
+        ``{"top1", "f1", "cmap", "ap"}`` (fractions), ``"privacy_from"`` / ``"top1_from"`` and
+        ``"attackers"``, ``"kept"`` (mean fraction of test tubelets kept), ``"skipped"`` (video
+        loads skipped as unreadable) and ``"seconds"``.
     """
     t0 = time.perf_counter()
+    if not attackers or any(a not in ATTACKERS for a in attackers):
+        raise ValueError(f"attackers must be a non-empty subset of {ATTACKERS}, got {attackers!r}")
     device = torch.device(cfg.device)
-    action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False).to(device).train()
-    privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True).to(device).train()
-    optimizers = (make_optimizer([action_rec], cfg), make_optimizer([privacy_rec], cfg))
+    pairs = {}
+    for attacker in attackers:
+        torch.manual_seed(cfg.seed + 1)  # every attacker's recognizers start alike
+        pair = (make_recognizer(model_cfg, cfg, num_classes, multilabel=False).to(device).train(),
+                make_recognizer(model_cfg, cfg, num_attributes, multilabel=True).to(device).train())
+        pairs[attacker] = (pair, tuple(make_optimizer([rec], cfg) for rec in pair))
     loader = _loader(train_set, cfg, shuffle=True, seed_offset=3)
     total, warmup, min_lr = _schedule(cfg, len(loader))
     step = 0
@@ -100,32 +113,39 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
         for video, action, privacy in _batches(loader, device, f"{name}: recognizers {epoch + 1}/{cfg.eval_epochs}",
                                                cfg.progress):
             clips, keep, _ = _anonymize(transform, video)
-            for opt in optimizers:
-                set_lr(opt, get_lr(step, total, cfg.peak_lr, warmup, min_lr))
-                opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(action_rec(clips, keep), action)
-            loss = loss + F.binary_cross_entropy_with_logits(privacy_rec(clips, keep), privacy)
-            loss.backward()  # disjoint parameters: one backward serves both recognizers
-            for opt in optimizers:
-                clip_and_step(opt, cfg)
+            for attacker, ((action_rec, privacy_rec), optimizers) in pairs.items():
+                mask = keep if attacker == "mask" else None
+                for opt in optimizers:
+                    set_lr(opt, get_lr(step, total, cfg.peak_lr, warmup, min_lr))
+                    opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(action_rec(clips, mask), action)
+                loss = loss + F.binary_cross_entropy_with_logits(privacy_rec(clips, mask), privacy)
+                loss.backward()  # disjoint parameters: one backward serves both recognizers
+                for opt in optimizers:
+                    clip_and_step(opt, cfg)
             step += 1
-    action_rec.eval()
-    privacy_rec.eval()
-    logits_a, logits_p, actions, privacies, kept = [], [], [], [], []
+    logits = {attacker: ([], []) for attacker in pairs}
+    actions, privacies, kept = [], [], []
     with torch.no_grad():
         for video, action, privacy in _batches(_loader(test_set, cfg, shuffle=False, seed_offset=0), device,
                                                f"{name}: test", cfg.progress):
             clips, keep, views = _anonymize(transform, video)
-            # Mean of the raw logits over each video's views (VideoMAE's 5 x 3 test).
-            logits_a.append(action_rec(clips, keep).float().view(-1, views, num_classes).mean(1).cpu())
-            logits_p.append(privacy_rec(clips, keep).float().view(-1, views, num_attributes).mean(1).cpu())
+            for attacker, ((action_rec, privacy_rec), _) in pairs.items():
+                mask = keep if attacker == "mask" else None
+                action_rec.eval()
+                privacy_rec.eval()
+                # Mean of the raw logits over each video's views (VideoMAE's 5 x 3 test).
+                logits[attacker][0].append(action_rec(clips, mask).float().view(-1, views, num_classes).mean(1).cpu())
+                logits[attacker][1].append(
+                    privacy_rec(clips, mask).float().view(-1, views, num_attributes).mean(1).cpu())
             actions.append(action.cpu())
             privacies.append(privacy.cpu())
             kept.append(1.0 if keep is None else float(keep.float().mean()))
     if not actions:
-        raise ValueError(f"{name}: no test video could be decoded")
-    result: dict[str, Any] = metrics.summarize(torch.cat(logits_a), torch.cat(actions), torch.cat(logits_p),
-                                               torch.cat(privacies))
+        raise DatasetError(f"{name}: no test video could be decoded")
+    results = {attacker: metrics.summarize(torch.cat(a), torch.cat(actions), torch.cat(p), torch.cat(privacies))
+               for attacker, (a, p) in logits.items()}
+    result: dict[str, Any] = combine_attackers(results)
     result.update(kept=sum(kept) / len(kept), skipped=_skipped(train_set, test_set), seconds=time.perf_counter() - t0)
     return result
 
@@ -179,7 +199,7 @@ def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Da
             video_logits.append(logits.view(privacy.shape[0], -1, num_attributes).mean(1).cpu())
             video_labels.append(privacy.cpu())
     if not video_labels:
-        raise ValueError(f"{name}: no test video could be decoded")
+        raise DatasetError(f"{name}: no test video could be decoded")
     frame_y, frame_s = torch.cat(frame_labels), torch.cat(frame_logits)
     video_y, video_s = torch.cat(video_labels), torch.cat(video_logits)
     return {
@@ -197,11 +217,12 @@ def _frame_overrides(cfg: TrainConfig) -> dict[str, Any]:
 
 def run_protocol(protocol: str, transform: Anonymizer, train_set: Dataset, test_set: Dataset,
                  model_cfg: STPrivacyConfig, cfg: TrainConfig, *, num_classes: int, num_attributes: int,
-                 name: str = "anonymizer") -> dict[str, Any]:
-    """``"video"`` (:func:`evaluate_streaming`) or ``"frame"`` (:func:`evaluate_frame_level`)."""
+                 name: str = "anonymizer", attackers: tuple[str, ...] = ("pixels",)) -> dict[str, Any]:
+    """``"video"`` (:func:`evaluate_streaming`, attacked by ``attackers``) or ``"frame"``
+    (:func:`evaluate_frame_level`: a frame model sees pixels only)."""
     if protocol == "video":
         return evaluate_streaming(transform, train_set, test_set, model_cfg, cfg, num_classes=num_classes,
-                                  num_attributes=num_attributes, name=name)
+                                  num_attributes=num_attributes, name=name, attackers=attackers)
     if protocol == "frame":
         return evaluate_frame_level(transform, train_set, test_set, model_cfg, cfg, num_attributes=num_attributes,
                                     name=name)
@@ -258,6 +279,7 @@ def evaluate_with_protocol(model: STPrivacy, cfg: TrainConfig, args: argparse.Na
     for ratio in ratios:
         torch.manual_seed(cfg.seed + 1)  # the fresh recognizers start alike for every ratio
         result = run_protocol(args.protocol, stprivacy_transform(model, ratio), train_set, test_set, model.cfg, cfg,
+                              attackers=ATTACKERS,
                               num_classes=int(train_set.num_classes), num_attributes=int(train_set.num_attributes),
                               name=f"stprivacy alpha={ratio:g}")
         results[f"{ratio:g}"] = cross_dataset_tag(result, trained_on=cfg.dataset, evaluated_on=evaluated_on)
@@ -269,9 +291,10 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     first = next(iter(results.values()))
     keys = [k for k in ("top1", "f1", "cmap", "kept", "frame_f1", "frame_cmap", "video_f1", "video_cmap") if k in first]
     lines = [f"{first['trained_on']} -> {first['evaluated_on']}" + (" (cross-dataset)" if first["cross_dataset"] else ""),
-             f"{'alpha':>6} " + " ".join(f"{k + ' %':>12}" for k in keys) + f" {'skipped':>8}"]
+             f"{'alpha':>6} " + " ".join(f"{k + ' %':>12}" for k in keys) + f" {'skipped':>8} {'attacker':>9}"]
     for alpha, r in results.items():
-        lines.append(f"{alpha:>6} " + " ".join(f"{100 * r[k]:12.1f}" for k in keys) + f" {r['skipped']:>8}")
+        lines.append(f"{alpha:>6} " + " ".join(f"{100 * r[k]:12.1f}" for k in keys) + f" {r['skipped']:>8}"
+                     f" {r.get('privacy_from', 'pixels'):>9}")
     return "\n".join(lines)
 
 
