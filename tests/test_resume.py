@@ -103,10 +103,11 @@ def test_resume_inside_the_evaluation_phase(tmp_path, capsys):
     assert cli_main(_train_cmd(config, out)[3:]) == 0
     report = json.loads((out / "report.json").read_text())
     log = read_csv(out / "metrics.csv")
-    # Pretend the run died in the alpha=0.7 fit, one step before its end: its newest checkpoint is
-    # last.prev.pt, its result was never written, neither was the report.
+    # Pretend the run died in the alpha=0.7 fit of the mask-aware attacker (the second one), one
+    # step before its end: its newest checkpoint is last.prev.pt, the result was never written,
+    # neither was the report.
     fit = out / "evaluation" / "stprivacy_alpha_0.7"
-    (fit / "last.pt").unlink()
+    (fit / "mask" / "last.pt").unlink()
     (fit / "result.json").unlink()
     (out / "report.json").unlink()
     done = out / "evaluation" / "stprivacy_alpha_0.5" / "result.json"

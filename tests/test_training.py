@@ -17,6 +17,7 @@ from stprivacy.train import (
     get_lr,
     load_checkpoint,
     save_checkpoint,
+    train_adversarial,
     train_anonymizer,
 )
 from stprivacy.train.checkpoint import rng_state, set_rng_state
@@ -63,11 +64,12 @@ def test_weight_decay_skips_biases_norms_and_position_embeddings():
     from stprivacy.model import STPrivacy
 
     model = STPrivacy(TINY_MODEL)
-    decay, no_decay = make_optimizer([model], _tiny_cfg()).param_groups
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert any(p is model.embed.pos_embed for p in no_decay["params"])
-    assert all(p.dim() >= 2 for p in decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    groups = make_optimizer([model], _tiny_cfg()).param_groups  # per role (predictor / backbone), decay or not
+    decay = [p for g in groups if g["weight_decay"] == 0.05 for p in g["params"]]
+    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
+    assert any(p is model.embed.pos_embed for p in no_decay)
+    assert all(p.dim() >= 2 for p in decay) and all(p.dim() < 2 or p is model.embed.pos_embed for p in no_decay)
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
 
 
 def test_privacy_adversary_losses():
@@ -177,3 +179,44 @@ def test_ablations_train():
                                         **sizes)
     assert history["initialization"]["loss_spars"] == [0.0]
     assert bool((no_drop(video).keep == 1).all())
+
+
+@pytest.mark.parametrize("scope", ["pab", "all"])
+def test_adversarial_phase_trains_what_its_scope_says(scope):
+    """The release freezes the sparsification in the adversarial phase: with "pab" only the
+    anonymization block moves; "all" moves the predictors too. The flags come back after."""
+    from stprivacy.model import STPrivacy, VideoClassifier
+
+    cfg = _tiny_cfg(adv_epochs=1, adversarial_trains=scope)
+    train_set = build_dataset("synthetic", "train", GEOMETRY, **cfg.dataset_kwargs)
+    torch.manual_seed(0)
+    model = STPrivacy(TINY_MODEL)
+    recognizers = [VideoClassifier.from_config(TINY_MODEL, n, multilabel=m, **cfg.recognizer)
+                   for n, m in ((train_set.num_classes, False), (train_set.num_attributes, True))]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_adversarial(model, *recognizers, train_set, cfg)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert any(name.startswith("pab.") for name in moved)
+    assert any(".predictor." in name for name in moved) is (scope == "all")
+    assert all(name.startswith("pab.") for name in moved) is (scope == "pab")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_adversarial_phase_without_anything_to_train():
+    """Sparsification only under the release's freezing: the anonymizer has no PAB, so nothing of
+    it learns; the recognizers still train on its output."""
+    from stprivacy.model import STPrivacy, VideoClassifier
+
+    cfg = _tiny_cfg(adv_epochs=1)
+    model_cfg = dataclasses.replace(TINY_MODEL, use_pab=False)
+    train_set = build_dataset("synthetic", "train", {"frames": model_cfg.frames, "image_size": model_cfg.image_size,
+                                                     "tubelet": model_cfg.tubelet}, **cfg.dataset_kwargs)
+    model = STPrivacy(model_cfg)
+    action, privacy = (VideoClassifier.from_config(model_cfg, n, multilabel=m, **cfg.recognizer)
+                       for n, m in ((train_set.num_classes, False), (train_set.num_attributes, True)))
+    before = [p.detach().clone() for p in model.parameters()]
+    rec_before = [p.detach().clone() for p in privacy.parameters()]
+    history = train_adversarial(model, action, privacy, train_set, cfg)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert not all(torch.equal(p, b) for p, b in zip(privacy.parameters(), rec_before))
+    assert len(history["loss_privacy"]) == 1

@@ -5,7 +5,9 @@ jointly on the anonymized videos, so the anonymizer learns to keep what the acti
 
 Phase 2, adversarial: the anonymizer minimizes ``L_spars + lambda_A L_action - lambda_P
 L_privacy`` against an action and a privacy recognizer, which in turn minimize their own losses
-on the (detached) anonymized videos; one update of each side per batch.
+on the (detached) anonymized videos; one update of each side per batch. By default only the
+anonymization block learns in this phase, the sparsification stays as phase 1 left it (the
+release's freezing; ``TrainConfig.adversarial_trains``).
 
 Both loops are written flat, top to bottom, like nanoGPT's: set the learning rate, forward and
 backward per micro-batch, average the losses over ranks (and stop on NaN/inf), step, log, and
@@ -15,7 +17,9 @@ the modules are DDP-wrapped and every rank trains on its share of each global ba
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -152,14 +156,40 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
     Returns:
         Per-epoch means of the anonymizer's and the recognizers' losses, the keep ratio and seconds.
     """
+    with _trainable(model, cfg.adversarial_trains):
+        return _adversarial_loop(model, action_rec, privacy_rec, train_set, cfg, save=save, resume=resume,
+                                 logger=logger)
+
+
+@contextlib.contextmanager
+def _trainable(model: STPrivacy, scope: str) -> Iterator[None]:
+    """Within the context only the anonymizer parameters of ``scope`` (``TrainConfig.adversarial_trains``)
+    require gradients; the previous flags come back after it."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    if scope == "pab":
+        for name, p in model.named_parameters():
+            p.requires_grad_(p.requires_grad and name.startswith("pab."))
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.Module, train_set: Dataset,
+                      cfg: TrainConfig, *, save: SaveFn | None, resume: dict[str, Any] | None,
+                      logger: RunLogger | None) -> dict[str, list[float]]:
     phase, accum = "adversarial", cfg.grad_accum_steps
     device = resolve_device(cfg.device)
-    net = prepare(model, device, cfg)
+    # Nothing of the anonymizer to train (sparsification only, scope "pab"): it only produces
+    # the videos the recognizers keep training on.
+    learns = any(p.requires_grad for p in model.parameters())
+    net = prepare(model, device, cfg) if learns else model.to(device)
     rec_action, rec_privacy = prepare(action_rec, device, cfg), prepare(privacy_rec, device, cfg)
     batches = _batches(train_set, cfg, phase)
-    opt_anonymizer = make_optimizer([model], cfg)
+    opt_anonymizer = make_optimizer([model], cfg) if learns else None
     opt_recognizers = make_optimizer([action_rec, privacy_rec], cfg)
-    optimizers = {"anonymizer": opt_anonymizer, "recognizers": opt_recognizers}
+    optimizers = ({"anonymizer": opt_anonymizer} if learns else {}) | {"recognizers": opt_recognizers}
     progress = Progress.resume(phase, resume, optimizers)
     total, warmup, min_lr = _schedule(cfg, cfg.adv_epochs, len(batches))
     while progress.epoch < cfg.adv_epochs:
@@ -172,24 +202,27 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 progress.skip_batch()
                 continue
             lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
-            set_lr(opt_anonymizer, lr, backbone_lr(lr, progress.step, cfg, len(batches)))
+            if learns:
+                set_lr(opt_anonymizer, lr, backbone_lr(lr, progress.step, cfg, len(batches)))
             set_lr(opt_recognizers, lr)
             step_values = StepValues(accum)
 
             # The anonymizer's step: keep the action, defeat the privacy recognizer. The recognizers
             # run unwrapped here: their gradients from this loss are discarded, not all-reduced.
-            opt_anonymizer.zero_grad(set_to_none=True)
+            if learns:
+                opt_anonymizer.zero_grad(set_to_none=True)
             anonymized = []
             for a, micro in micro_batches(batch, accum, [net]):
                 video, action, privacy = to_device(micro, device)
-                with autocast(cfg, device):
+                with autocast(cfg, device), torch.set_grad_enabled(learns):
                     out = net(video, generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
                     loss_spars = _spars(out)
                     loss_action = F.cross_entropy(action_rec(out.video, out.keep), action)
                     loss_adversary = privacy_adversary_loss(privacy_rec(out.video, out.keep), privacy,
                                                             cfg.privacy_adversary)
                     loss = loss_spars + cfg.lambda_action * loss_action + cfg.lambda_privacy * loss_adversary
-                (loss / accum).backward()
+                if learns:
+                    (loss / accum).backward()
                 anonymized.append((out.video.detach(), out.keep.detach(), action, privacy))
                 step_values.add(loss_spars=loss_spars, loss_anonymizer=loss, keep=out.keep.mean())
 
@@ -205,7 +238,8 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 step_values.add(loss_action=loss_rec_action, loss_privacy=loss_rec_privacy)
 
             values = step_values.reduce(progress)  # raises on NaN/inf before either update
-            clip_and_step(opt_anonymizer, cfg)
+            if learns:
+                clip_and_step(opt_anonymizer, cfg)
             clip_and_step(opt_recognizers, cfg)
             progress.end_step(values)
             bar.set_postfix(action=f"{values['loss_action']:.3f}", privacy=f"{values['loss_privacy']:.3f}")

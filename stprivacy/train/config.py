@@ -11,6 +11,9 @@ import torch
 from ..model.config import dataclass_from_dict
 
 
+ADVERSARIAL_SCOPES = ("pab", "all")
+
+
 @dataclass
 class TrainConfig:
     """The three phases of paper §3.4 (initialization, adversarial, evaluation).
@@ -47,6 +50,11 @@ class TrainConfig:
         layer_decay: layer-wise learning-rate decay of the anonymizer (BEiT's, as in the
             release): layer ``i`` of ``n`` blocks learns at ``layer_decay ** (n + 1 - i)`` times
             the rate; 1 = none.
+        adversarial_trains: what of the anonymizer the adversarial phase updates. "pab": only the
+            anonymization block (its transformer blocks, LayerNorm and pixel head); the tokenizer,
+            the PSBs and their predictors stay as phase 1 left them, as the release's
+            ``freeze_sparse_blocks_module_selection`` sets it (everything before block 10 and
+            the score predictors frozen). "all": every anonymizer parameter.
         lambda_action, lambda_privacy: the weights of the adversarial objective (paper: 0.5).
         privacy_adversary: "negative_bce" (the paper's ``- lambda_P L_privacy``) or "entropy"
             (maximize the privacy recognizer's per-attribute entropy, bounded, a common
@@ -87,6 +95,7 @@ class TrainConfig:
     backbone_lr_ratio: float = 1.0
     predictor_warmup_epochs: float = 0.0
     layer_decay: float = 1.0
+    adversarial_trains: str = "pab"
     lambda_action: float = 0.5
     lambda_privacy: float = 0.5
     privacy_adversary: str = "negative_bce"
@@ -123,6 +132,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.adversarial_trains not in ADVERSARIAL_SCOPES:
+            raise ValueError(f"adversarial_trains must be one of {ADVERSARIAL_SCOPES}, got {self.adversarial_trains!r}")
         if self.privacy_adversary not in ("negative_bce", "entropy"):
             raise ValueError(f"privacy_adversary must be 'negative_bce' or 'entropy', got {self.privacy_adversary!r}")
         if self.precision not in ("fp32", "bf16"):
