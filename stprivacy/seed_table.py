@@ -52,13 +52,13 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "torch": torch.__version__}
 
 
-def finished(path: Path, *, tiny: bool, threads: int) -> bool:
+def finished(path: Path, *, tiny: bool, threads: int, overrides: list[str] | None = None) -> bool:
     """Whether ``path`` is a complete report of a run with these settings (so a seed list that was
     cut off resumes where it stopped, and a run with other settings is not mistaken for it)."""
     try:
         report = json.loads(Path(path).read_text())
         return (report["settings"]["tiny"] == tiny and report["machine"]["torch_threads"] == threads
-                and "target" in report)
+                and report["settings"].get("overrides", []) == list(overrides or []) and "target" in report)
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -100,7 +100,8 @@ def build(report_paths: Iterable[str | Path]) -> dict[str, Any]:
     required = math.ceil(REQUIRED_FRACTION * len(runs))
     return {
         "command": "stprivacy demo --seeds " + " ".join(str(r["seed"]) for r in runs)
-                   + f" --threads {first['machine']['torch_threads']}",
+                   + f" --threads {first['machine']['torch_threads']}"
+                   + "".join(f" --set {o}" for o in first["settings"].get("overrides", [])),
         "commits": sorted({r.get("commit", "unknown") for r in reports}),
         "machine": first["machine"],
         "threads": sorted({r["machine"]["torch_threads"] for r in reports}),

@@ -29,20 +29,41 @@ def test_tiny_demo_writes_report_and_pictures(tmp_path, capsys):
     assert main(["demo", "--tiny", "--out", str(tmp_path), "--no-progress", "--seed", "1"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     expected_rows = {"raw", "downsample_2x", "downsample_4x", "blur_weak", "blur_strong", "STPrivacy (alpha=0.7)",
-                     "sparsification only (no PAB)", "anonymization only (alpha=1)"}
+                     "sparsification only (no PAB)", "anonymization only (alpha=1)", "oracle: actor tubelets only"}
     assert set(report["results"]) == expected_rows
     for row in report["results"].values():
-        assert {"top1", "f1", "cmap", "kept"} <= set(row)
-        assert 0 <= row["top1"] <= 1 and 0 <= row["cmap"] <= 1
+        assert {"top1", "f1", "cmap", "kept", "ap", "privacy_from", "top1_from"} <= set(row)
+        assert 0 <= row["top1"] <= 1 and 0 <= row["cmap"] <= 1 and len(row["ap"]) == 5
+    # Baselines face the pixel-only attacker; the methods that drop tubelets the mask-aware one too.
+    assert set(report["results"]["raw"]["attackers"]) == {"pixels"}
+    assert set(report["results"]["STPrivacy (alpha=0.7)"]["attackers"]) == {"pixels", "mask"}
+    assert set(report["results"]["oracle: actor tubelets only"]["attackers"]) == {"pixels", "mask"}
+    assert set(report["results"]["anonymization only (alpha=1)"]["attackers"]) == {"pixels"}  # it drops nothing
     assert report["results"]["STPrivacy (alpha=0.7)"]["kept"] < 1.0
     assert report["results"]["anonymization only (alpha=1)"]["kept"] == 1.0
     assert set(report["tradeoff"]) == {"0.5", "0.7"}
-    assert {"top1_within_5_points", "cmap_below_competitive_baselines"} <= set(report["target"])
+    assert {"met", "top1_within_5_points", "cmap_below_competitive_baselines", "privacy_from"} <= set(report["target"])
+    assert report["commit"] and report["machine"]["torch_threads"] >= 1
     assert report["settings"]["tiny"] and report["settings"]["seed"] == 1
     _assert_png_with_content(tmp_path / "examples.png")
     _assert_png_with_content(tmp_path / "tradeoff.png")
     out = capsys.readouterr().out
     assert "Top-1" in out and "cMAP" in out and "STPrivacy (alpha=0.7)" in out
+
+
+def test_demo_over_seeds_writes_the_seed_table_and_resumes(tmp_path, capsys):
+    args = ["demo", "--tiny", "--no-progress", "--threads", "1", "--seeds", "0", "1", "--out", str(tmp_path),
+            "--set", "demo.eval_epochs=1", "--set", "train.adversarial_trains=all"]
+    assert main(args) == 0
+    table = json.loads((tmp_path / "seed_table.json").read_text())
+    assert [r["seed"] for r in table["runs"]] == [0, 1] and table["threads"] == [1]
+    assert table["command"].endswith("--set demo.eval_epochs=1 --set train.adversarial_trains=all")
+    assert "Verdict" in (tmp_path / "seed_table.md").read_text()
+    report = json.loads((tmp_path / "seed_1" / "report.json").read_text())
+    assert report["config"]["train"]["adversarial_trains"] == "all"
+    capsys.readouterr()
+    assert main(args) == 0  # both seeds finished: only the table is rebuilt
+    assert capsys.readouterr().out.count("is already there, not rerun") == 2
 
 
 def _write_config(path, **train):

@@ -30,7 +30,7 @@ from .. import seed_table, viz
 from ..errors import UsageError
 from ..baselines import BASELINE_NAMES
 from ..data.synthetic import PRIVACY_ATTRIBUTES, SyntheticVideos, actor_keep_masks, materialize
-from ..model import STPrivacy, STPrivacyConfig
+from ..model import STPrivacy, STPrivacyConfig, VideoClassifier
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_baseline, evaluate_stprivacy, train_anonymizer
 from ..train.evaluation import attack_transformed
 from ..verdict import ATTACKERS, demo_target
@@ -96,8 +96,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="torch threads (default: torch's, usually one per core); results depend on it")
     p.add_argument("--tiny", action="store_true", default=os.environ.get("STPRIV_DEMO_TINY", "") not in ("", "0"),
                    help="a seconds-long smoke run (default: on when the environment variable STPRIV_DEMO_TINY=1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="change one setting of the recipe, e.g. --set train.adversarial_trains=all or "
+                        "--set recognizer.norm_before_pool=false; SECTION is model (STPrivacyConfig), recognizer "
+                        "(VideoClassifier), train (TrainConfig) or demo (DemoSettings: eval_epochs, init_epochs, ...); "
+                        "VALUE is JSON, or a plain string. Repeatable; recorded in report.json")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
+
+
+_SECTIONS = ("model", "recognizer", "train", "demo")
+
+
+def apply_overrides(settings: DemoSettings, overrides: list[str]) -> DemoSettings:
+    """``settings`` with each ``SECTION.KEY=VALUE`` of ``--set`` applied (see :func:`add_parser`);
+    the values are checked when the configs are built."""
+    for item in overrides:
+        target, sep, raw = item.partition("=")
+        section, dot, key = target.partition(".")
+        if not sep or not dot or section not in _SECTIONS or not key:
+            raise UsageError(f"--set takes SECTION.KEY=VALUE with SECTION one of {_SECTIONS}, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if section == "demo":
+            if key not in {f.name for f in dataclasses.fields(DemoSettings)} or key in _SECTIONS:
+                raise UsageError(f"--set demo.{key}: DemoSettings has no field {key!r}")
+            settings = dataclasses.replace(settings, **{key: tuple(value) if isinstance(value, list) else value})
+        else:
+            section = {"model": "model", "recognizer": "recognizer", "train": "train"}[section]
+            settings = dataclasses.replace(settings, **{section: {**getattr(settings, section), key: value}})
+    return settings
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> str:
@@ -133,21 +163,30 @@ def _oracle_data(raw: SyntheticVideos, data: TensorDataset, model: STPrivacy) ->
     return TensorDataset(videos * model.keep_to_pixels(keep), keep, actions, privacy.float())
 
 
-def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True) -> dict[str, Any]:
-    """One demo run: every row of the table, the figures and ``out/report.json`` (returned)."""
-    settings = TINY if tiny else FULL
-    t_start = time.perf_counter()
-    torch.manual_seed(seed)
-    model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
-    cfg = TrainConfig(
+def _train_config(settings: DemoSettings, seed: int, progress: bool) -> TrainConfig:
+    return TrainConfig(
         dataset="synthetic",
         dataset_kwargs=dict(train_videos=settings.train_videos, test_videos=settings.test_videos, seed=seed,
                             num_classes=settings.num_classes),
         batch_size=settings.batch_size, base_lr=settings.base_lr, warmup_epochs=settings.warmup_epochs,
-        init_epochs=settings.init_epochs,
-        adv_epochs=settings.adv_epochs, eval_epochs=settings.eval_epochs, recognizer=dict(settings.recognizer),
-        seed=seed, progress=progress, **settings.train,
+        init_epochs=settings.init_epochs, adv_epochs=settings.adv_epochs, eval_epochs=settings.eval_epochs,
+        recognizer=dict(settings.recognizer), seed=seed, progress=progress, **settings.train,
     )
+
+
+def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True,
+             overrides: list[str] | None = None) -> dict[str, Any]:
+    """One demo run: every row of the table, the figures and ``out/report.json`` (returned).
+    ``overrides``: ``--set`` items changing the recipe."""
+    settings = apply_overrides(TINY if tiny else FULL, overrides or [])
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    try:
+        model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
+        cfg = _train_config(settings, seed, progress)
+        VideoClassifier.from_config(model_cfg, 2, **cfg.recognizer)  # the recognizer options, checked now
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"the recipe is not valid ({err}); check the --set options") from err
     geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
     train_raw = build_dataset("synthetic", "train", geometry, **cfg.dataset_kwargs)
     test_raw = build_dataset("synthetic", "test", geometry, **cfg.dataset_kwargs)
@@ -209,7 +248,7 @@ def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True)
         "attributes": list(PRIVACY_ATTRIBUTES),
         "target": demo_target(rows, main, BASELINE_NAMES),
         "histories": histories,
-        "settings": dataclasses.asdict(settings) | {"tiny": tiny, "seed": seed},
+        "settings": dataclasses.asdict(settings) | {"tiny": tiny, "seed": seed, "overrides": list(overrides or [])},
         "config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()},
         "machine": seed_table.machine(),
         "commit": seed_table.git_commit(),
@@ -235,14 +274,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.seeds is None:
-        run_demo(args.seed, args.out, tiny=args.tiny, progress=not args.no_progress)
+        run_demo(args.seed, args.out, tiny=args.tiny, progress=not args.no_progress, overrides=args.overrides)
         return 0
     for seed in args.seeds:
         seed_dir = args.out / f"seed_{seed}"
-        if seed_table.finished(seed_dir / "report.json", tiny=args.tiny, threads=torch.get_num_threads()):
+        if seed_table.finished(seed_dir / "report.json", tiny=args.tiny, threads=torch.get_num_threads(),
+                               overrides=args.overrides):
             print(f"seed {seed}: {seed_dir / 'report.json'} is already there, not rerun")
             continue
-        run_demo(seed, seed_dir, tiny=args.tiny, progress=not args.no_progress)
+        run_demo(seed, seed_dir, tiny=args.tiny, progress=not args.no_progress, overrides=args.overrides)
     reports = [args.out / f"seed_{seed}" / "report.json" for seed in args.seeds]
     table = seed_table.build(reports)
     paths = seed_table.write(table, args.out)

@@ -220,7 +220,7 @@ def _actor(spec: SyntheticSpec, label: int, face: bool, warm: bool, g: torch.Gen
     sign = 1.0 if warm else -1.0
     plaid = plaid * torch.tensor([1 + sign * strength, 1.0, 1 - sign * strength])[:, None, None, None]
     offset = torch.randint(side, (), generator=g).item()
-    marking_contrast = 0.35 + 0.1 * torch.rand((), generator=g).item()
+    marking_contrast = 0.2 + 0.06 * torch.rand((), generator=g).item()
     marking = render_marking(side, spec.frames, velocity, offset, face, spec.marking_period, marking_contrast)
     return plaid + marking
 
