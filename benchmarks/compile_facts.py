@@ -8,7 +8,8 @@ kernel's TTGIR and PTX to DIR (to see what keeps registers live).
 Each kernel is compiled at the configuration its launcher runs for the paper's shapes (attention:
 B32 H6 N392 d64 and B8 H6 N1568 d64, plus head dim 128; masked_mean B32 L8 N49 C128; gumbel_keep
 B32 T392; top-k, gather and scatter at 34% of 392 tokens per step, D 384) and each row gives
-registers per thread, local memory per thread (where spilled registers go: 0 = no spills) and
+registers per thread (compiled with the specialization a launch on contiguous tensors gets, see
+``specialization``), local memory per thread (where spilled registers go: 0 = no spills) and
 shared memory. A kernel fails the check if it uses local memory or asks for more than the 227 KiB
 of shared memory an sm_90 block may use; the script exits non-zero then. Registers and local
 memory come from cuobjdump (shipped with Triton) on the compiled cubin; no driver is needed. Compiles run on the CPU: about a minute in all.
