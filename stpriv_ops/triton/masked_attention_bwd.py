@@ -151,7 +151,7 @@ def _dkdv_steps(
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         if NEED_DK or NEED_DKEEP:
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            # e_ij g_ij Z_i: the one tile that lives across the dpT product (pT is dead by then)
+            # e_ij g_ij = (e_ij / Z_i)(Z_i g_ij); only e/Z lived across the dpT product (pT is dead)
             e_gT = e_over_zT * (dpT - delta[None, :])
             if NEED_DKEEP:
                 if EDGE:
