@@ -119,7 +119,8 @@ def _dkdv_steps(
     dk, dv, dkeep, k, v, keep, q_ptrs, do_ptrs, RowMax_ptr, RowSum_ptr, Delta_ptr, stats_base,
     offs_n, offs_d, N, qk_scale, eps_over_n, lo, hi, stride_qn, stride_don,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, EDGE: tl.constexpr,
-    HAS_EPS: tl.constexpr, NEED_DK: tl.constexpr, NEED_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_EPS: tl.constexpr, NEED_DK: tl.constexpr, NEED_DV: tl.constexpr, NEED_DKEEP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Accumulates over the query blocks in [lo, hi), in the transposed frame (a row per key).
 
@@ -139,25 +140,26 @@ def _dkdv_steps(
         sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         e_over_zT = tl.exp2((sT * qk_scale - m2[None, :]) - log2_z[None, :])  # float32: unbounded
         if EDGE:
-            on_diag = offs_n[:, None] == rows[None, :]
-            pT = e_over_zT * tl.where(on_diag, 1.0, keep[:, None])
+            wT = tl.where(offs_n[:, None] == rows[None, :], 1.0, keep[:, None])
         else:
-            pT = e_over_zT * keep[:, None]  # P_ij without its eps/N share
+            wT = keep[:, None]
         if NEED_DV:
+            pT = e_over_zT * wT  # P_ij without its eps/N share
             if HAS_EPS:
                 # P_ij in full, eps/(N Z_i) included: the eps term of dv rides on the same product
-                p_fullT = pT + eps_over_n * tl.exp2(-log2_z)[None, :]
-            else:
-                p_fullT = pT
-            dv = tl.dot(p_fullT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        z_gT = dpT - delta[None, :]  # Z_i g_ij
-        if EDGE:
-            dkeep += tl.sum(tl.where(on_diag, 0.0, e_over_zT * z_gT), 1)
-        else:
-            dkeep += tl.sum(e_over_zT * z_gT, 1)
-        if NEED_DK:
-            dk = tl.dot((pT * z_gT).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+                pT += eps_over_n * tl.exp2(-log2_z)[None, :]
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        if NEED_DK or NEED_DKEEP:
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            # e_ij g_ij = (e_ij / Z_i)(Z_i g_ij); only e/Z lived across the dpT product (pT is dead)
+            e_gT = e_over_zT * (dpT - delta[None, :])
+            if NEED_DKEEP:
+                if EDGE:
+                    dkeep += tl.sum(tl.where(offs_n[:, None] == rows[None, :], 0.0, e_gT), 1)
+                else:
+                    dkeep += tl.sum(e_gT, 1)
+            if NEED_DK:
+                dk = tl.dot((e_gT * wT).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv, dkeep
 
 
@@ -204,19 +206,19 @@ def masked_attention_bwd_dkdv_kernel(
         dk, dv, dkeep = _dkdv_steps(dk, dv, dkeep, k, v, keep, q_ptrs, do_ptrs, RowMax_ptr, RowSum_ptr, Delta_ptr,
                                     stats_base, offs_n, offs_d, N, qk_scale, eps_over_n, 0, diag_lo,
                                     stride_qn, stride_don, HEAD_DIM, BLOCK_D, BLOCK_M, False,
-                                    HAS_EPS, NEED_DK, NEED_DV, DOT_PRECISION)
+                                    HAS_EPS, NEED_DK, NEED_DV, NEED_DKEEP, DOT_PRECISION)
         dk, dv, dkeep = _dkdv_steps(dk, dv, dkeep, k, v, keep, q_ptrs, do_ptrs, RowMax_ptr, RowSum_ptr, Delta_ptr,
                                     stats_base, offs_n, offs_d, N, qk_scale, eps_over_n, diag_lo,
                                     tl.minimum(diag_hi, N), stride_qn, stride_don, HEAD_DIM, BLOCK_D, BLOCK_M, True,
-                                    HAS_EPS, NEED_DK, NEED_DV, DOT_PRECISION)
+                                    HAS_EPS, NEED_DK, NEED_DV, NEED_DKEEP, DOT_PRECISION)
         dk, dv, dkeep = _dkdv_steps(dk, dv, dkeep, k, v, keep, q_ptrs, do_ptrs, RowMax_ptr, RowSum_ptr, Delta_ptr,
                                     stats_base, offs_n, offs_d, N, qk_scale, eps_over_n, diag_hi, m_full,
                                     stride_qn, stride_don, HEAD_DIM, BLOCK_D, BLOCK_M, False,
-                                    HAS_EPS, NEED_DK, NEED_DV, DOT_PRECISION)
+                                    HAS_EPS, NEED_DK, NEED_DV, NEED_DKEEP, DOT_PRECISION)
         dk, dv, dkeep = _dkdv_steps(dk, dv, dkeep, k, v, keep, q_ptrs, do_ptrs, RowMax_ptr, RowSum_ptr, Delta_ptr,
                                     stats_base, offs_n, offs_d, N, qk_scale, eps_over_n,
                                     tl.maximum(diag_hi, m_full), N, stride_qn, stride_don,
-                                    HEAD_DIM, BLOCK_D, BLOCK_M, True, HAS_EPS, NEED_DK, NEED_DV, DOT_PRECISION)
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, True, HAS_EPS, NEED_DK, NEED_DV, NEED_DKEEP, DOT_PRECISION)
         if NEED_DK:
             dk_ptrs = tile_ptrs(DK_ptr, off_b, off_h, offs_n, offs_d, stride_dkb, stride_dkh, stride_dkn, stride_dkd)
             store_tile(dk_ptrs, dk * scale, offs_n, N, offs_d, HEAD_DIM)

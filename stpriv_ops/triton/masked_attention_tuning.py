@@ -8,14 +8,17 @@ then the alternatives worth trying on a device; the CUDA tests check that every 
 the same function.
 
 Where the numbers come from: the structure is the Triton fused-attention tutorial's (forward: a
-large query tile streaming key tiles; dk/dv: a large key tile and a small query step; dq: the
-mirror image); ``python benchmarks/compile_facts.py`` compiles the pinned ones for sm_90 and
-reports registers, spills and shared memory (table in benchmarks/RESULTS.md: every one fits in
-shared memory, but most attention kernels spill, so these tiles are a starting point, not a
-result). They have not been timed on a GPU yet. Tile choices at N = 392:
-a 64-row tile wastes 12.5% of the work on padding (448 rows), a 128-row one 23% (512 rows).
-The dk/dv kernel runs one program per (key block, batch), looping over the heads, so its key tile
-stays at 64 to keep B * N / 64 programs (224 at B32 N392, 200 at B8 N1568) for 132 SMs.
+large query tile streaming key tiles; dk/dv: a key tile and a small query step; dq: the mirror
+image); the pinned tile of each class is one that ``python benchmarks/compile_facts.py`` compiles
+for sm_90 without spilling registers (table in benchmarks/RESULTS.md). They have not been timed on
+a GPU yet, so they are spill-free starting points, not the fastest tiles.
+Why some are small: the dk/dv program loops over the heads (it owns dkeep's head sum), which keeps
+more state live than one head would, so its query step is 16 rows. float32 runs 3xTF32 products,
+which hold each operand's high and low halves in registers: at head dim 128 only 16-row tiles
+fit (the dk/dv one unpipelined, num_stages 1).
+Tile choices at N = 392: a 64-row tile wastes 12.5% of the work on padding (448 rows), a 128-row
+one 23% (512 rows). The dk/dv kernel runs one program per (key block, batch), so its key tile
+stays at <= 64 to keep B * N / 64 programs (224 at B32 N392, 200 at B8 N1568) for 132 SMs.
 """
 from __future__ import annotations
 
@@ -34,37 +37,36 @@ def _configs(*shapes: tuple[int, int, int, int]) -> list[triton.Config]:
 
 
 # CONFIGS[stage][(precision class, head-dim class, length class)]: pinned first, then alternatives.
-# float32 runs 3xTF32 products (three per product), which need about twice the registers: smaller tiles.
 CONFIGS: dict[str, dict[tuple[str, str, str], list[triton.Config]]] = {
     "fwd": {
         ("16bit", "d<=64", "short"): _configs((64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)),
         ("16bit", "d<=64", "long"): _configs((128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)),
-        ("16bit", "d<=128", "short"): _configs((64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)),
-        ("16bit", "d<=128", "long"): _configs((128, 64, 8, 3), (64, 64, 4, 3)),
+        ("16bit", "d<=128", "short"): _configs((64, 32, 4, 3), (128, 32, 8, 2), (64, 32, 4, 2)),
+        ("16bit", "d<=128", "long"): _configs((128, 32, 8, 2), (64, 32, 4, 3)),
         ("fp32", "d<=64", "short"): _configs((64, 32, 4, 3), (128, 32, 8, 2)),
         ("fp32", "d<=64", "long"): _configs((128, 32, 8, 2), (64, 32, 4, 3)),
-        ("fp32", "d<=128", "short"): _configs((64, 32, 4, 2), (64, 64, 8, 2)),
-        ("fp32", "d<=128", "long"): _configs((64, 32, 4, 2), (64, 64, 8, 2)),
+        ("fp32", "d<=128", "short"): _configs((16, 32, 4, 2), (16, 16, 4, 2)),
+        ("fp32", "d<=128", "long"): _configs((16, 32, 4, 2), (16, 16, 4, 2)),
     },
     "dkdv": {
-        ("16bit", "d<=64", "short"): _configs((32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2)),
-        ("16bit", "d<=64", "long"): _configs((32, 64, 4, 3), (32, 128, 8, 2), (64, 64, 4, 2)),
-        ("16bit", "d<=128", "short"): _configs((32, 64, 4, 2), (16, 64, 4, 3)),
-        ("16bit", "d<=128", "long"): _configs((32, 64, 4, 2), (32, 128, 8, 2)),
-        ("fp32", "d<=64", "short"): _configs((16, 64, 4, 2), (32, 64, 8, 2)),
-        ("fp32", "d<=64", "long"): _configs((16, 64, 4, 2), (32, 64, 8, 2)),
-        ("fp32", "d<=128", "short"): _configs((16, 64, 4, 2), (16, 32, 4, 2)),
-        ("fp32", "d<=128", "long"): _configs((16, 64, 4, 2), (16, 32, 4, 2)),
+        ("16bit", "d<=64", "short"): _configs((16, 64, 8, 2), (16, 32, 4, 2), (32, 64, 8, 1)),
+        ("16bit", "d<=64", "long"): _configs((16, 64, 8, 2), (16, 32, 4, 2), (32, 128, 8, 1)),
+        ("16bit", "d<=128", "short"): _configs((16, 32, 8, 2), (16, 32, 4, 1), (16, 16, 4, 2)),
+        ("16bit", "d<=128", "long"): _configs((16, 32, 8, 2), (16, 32, 4, 1)),
+        ("fp32", "d<=64", "short"): _configs((16, 32, 8, 2), (16, 16, 4, 2)),
+        ("fp32", "d<=64", "long"): _configs((16, 32, 8, 2), (16, 16, 4, 2)),
+        ("fp32", "d<=128", "short"): _configs((16, 16, 8, 1), (16, 16, 8, 2)),
+        ("fp32", "d<=128", "long"): _configs((16, 16, 8, 1), (16, 16, 8, 2)),
     },
     "dq": {
         ("16bit", "d<=64", "short"): _configs((64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 4, 2)),
         ("16bit", "d<=64", "long"): _configs((128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 2)),
         ("16bit", "d<=128", "short"): _configs((64, 32, 4, 2), (128, 32, 8, 2)),
         ("16bit", "d<=128", "long"): _configs((128, 32, 8, 2), (64, 32, 4, 2)),
-        ("fp32", "d<=64", "short"): _configs((64, 32, 4, 2), (128, 32, 8, 2)),
-        ("fp32", "d<=64", "long"): _configs((128, 32, 8, 2), (64, 32, 4, 2)),
-        ("fp32", "d<=128", "short"): _configs((64, 32, 4, 2), (32, 32, 4, 2)),
-        ("fp32", "d<=128", "long"): _configs((64, 32, 4, 2), (32, 32, 4, 2)),
+        ("fp32", "d<=64", "short"): _configs((64, 16, 4, 2), (128, 16, 8, 2)),
+        ("fp32", "d<=64", "long"): _configs((128, 16, 8, 2), (64, 16, 4, 2)),
+        ("fp32", "d<=128", "short"): _configs((16, 32, 4, 2), (64, 32, 4, 2)),
+        ("fp32", "d<=128", "long"): _configs((16, 32, 4, 2), (64, 32, 4, 2)),
     },
 }
 SHORT_N = 512
