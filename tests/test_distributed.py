@@ -89,7 +89,8 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     ddp, single = read_csv(tmp_path / "ddp" / "metrics.csv"), read_csv(tmp_path / "single" / "metrics.csv")
     assert ddp.keys() == single.keys()
     assert ("initialization", "loss_action") in ddp and ("adversarial", "loss_privacy") in ddp
-    assert ("evaluation/stprivacy alpha=0.7", "loss_privacy") in ddp  # the fresh recognizers of phase 3
+    assert ("evaluation/stprivacy alpha=0.7 [mask]", "loss_privacy") in ddp  # phase 3: fresh recognizers per attacker
+    assert ("evaluation/stprivacy alpha=0.7 [pixels]", "loss_privacy") in ddp
     for key in ddp:
         assert [s for s, _ in ddp[key]] == [s for s, _ in single[key]], key
         for (_, a), (_, b) in zip(ddp[key], single[key]):

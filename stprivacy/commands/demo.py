@@ -61,20 +61,24 @@ class DemoSettings:
 
 
 # Why these choices (each measured, docs/demo_results.md): training from scratch in a few hundred
-# steps needs the sparsification warm-up (random deployment-size subsets for 4 epochs, then the
-# predictors take over during 4), the exact-budget Gumbel top-k sampler, a PAB that starts as the
-# identity (residual), standardized input, a blackening without gradient, a bounded privacy
-# adversary, and lr 0.05 x batch / 512 for every model. The release has none of these options.
+# steps needs the sparsification warm-up (random deployment-size subsets for 6 epochs, then the
+# predictors take over during 6), the exact-budget Gumbel top-k sampler at temperature 3, a PAB that
+# starts as the identity (residual) and stays so in phase 1 (the predictors learn on the sparsified
+# video; the PAB learns in the adversarial phase, the sparsifier frozen then as in the release),
+# standardized input, a blackening without gradient, a bounded privacy adversary, and lr
+# 0.05 x batch / 512 for every model. The release has none of these options except the freezing.
 # The recognizers (attackers and the trained ones) normalize before pooling and start with a
 # random head: on this benchmark the release's pool-then-norm recognizer stays near chance on the
-# motion for 8 epochs; 12 epochs let the attackers learn the fine face marking too.
+# motion for 8 epochs; 12 epochs let the attackers learn the scene glyphs.
 FULL = DemoSettings(
     model=dict(embed_dim=48, num_heads=3, depth=1, pab_depth=1, pab_residual=True, train_sampler="gumbel_topk",
-               normalize_input=True, detach_blackening=True),
+               gumbel_tau=3.0, normalize_input=True, detach_blackening=True),
     recognizer=dict(embed_dim=48, num_heads=3, depth=1, norm_before_pool=True, zero_head=False),
     base_lr=0.05,
+    init_epochs=24,
     eval_epochs=12,
-    train=dict(sparsity_hold_epochs=4, sparsity_ramp_epochs=4, privacy_adversary="entropy"),
+    train=dict(sparsity_hold_epochs=6, sparsity_ramp_epochs=6, initialization_trains="sparsifier",
+               privacy_adversary="entropy"),
 )
 TINY = dataclasses.replace(
     FULL, train_videos=16, test_videos=8, batch_size=8, init_epochs=1, adv_epochs=1, eval_epochs=1,

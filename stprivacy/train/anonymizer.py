@@ -97,6 +97,16 @@ def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dat
     Returns:
         Per-epoch means: ``{"loss_spars": [...], "loss_action": [...], "keep": [...], "seconds": [...]}``.
     """
+    if cfg.initialization_trains == "sparsifier" and model.pab is not None and not model.cfg.pab_residual:
+        raise ValueError("initialization_trains='sparsifier' keeps the PAB as initialized, which is the identity "
+                         "only with STPrivacyConfig.pab_residual=True")
+    with _trainable(model, "sparsifier" if cfg.initialization_trains == "sparsifier" else "all"):
+        return _initialization_loop(model, action_rec, train_set, cfg, save=save, resume=resume, logger=logger)
+
+
+def _initialization_loop(model: STPrivacy, action_rec: nn.Module, train_set: Dataset, cfg: TrainConfig, *,
+                         save: SaveFn | None, resume: dict[str, Any] | None,
+                         logger: RunLogger | None) -> dict[str, list[float]]:
     phase, accum = "initialization", cfg.grad_accum_steps
     device = resolve_device(cfg.device)
     net, rec = prepare(model, device, cfg), prepare(action_rec, device, cfg)
@@ -163,12 +173,13 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
 
 @contextlib.contextmanager
 def _trainable(model: STPrivacy, scope: str) -> Iterator[None]:
-    """Within the context only the anonymizer parameters of ``scope`` (``TrainConfig.adversarial_trains``)
-    require gradients; the previous flags come back after it."""
+    """Within the context only the anonymizer parameters of ``scope`` require gradients: "all",
+    "pab" (the anonymization block) or "sparsifier" (everything else); the previous flags come back
+    after it (``TrainConfig.initialization_trains`` / ``adversarial_trains``)."""
     flags = {p: p.requires_grad for p in model.parameters()}
-    if scope == "pab":
+    if scope != "all":
         for name, p in model.named_parameters():
-            p.requires_grad_(p.requires_grad and name.startswith("pab."))
+            p.requires_grad_(p.requires_grad and name.startswith("pab.") == (scope == "pab"))
     try:
         yield
     finally:

@@ -12,6 +12,7 @@ from ..model.config import dataclass_from_dict
 
 
 ADVERSARIAL_SCOPES = ("pab", "all")
+INITIALIZATION_SCOPES = ("all", "sparsifier")
 
 
 @dataclass
@@ -50,6 +51,13 @@ class TrainConfig:
         layer_decay: layer-wise learning-rate decay of the anonymizer (BEiT's, as in the
             release): layer ``i`` of ``n`` blocks learns at ``layer_decay ** (n + 1 - i)`` times
             the rate; 1 = none.
+        initialization_trains: what of the anonymizer phase 1 updates. "all" (the paper): every
+            parameter. "sparsifier": everything but the anonymization block, which stays as
+            initialized; with ``STPrivacyConfig.pab_residual`` that is the identity on kept
+            tubelets, so phase 1 trains the predictors on the sparsified video itself. Why: a PAB
+            trained in phase 1 can carry the action into the kept tubelets from tubelets the first
+            blocks saw before any drop, and the predictors then need not keep the actor
+            (docs/demo_results.md). Needs ``pab_residual`` (a random PAB would be noise).
         adversarial_trains: what of the anonymizer the adversarial phase updates. "pab": only the
             anonymization block (its transformer blocks, LayerNorm and pixel head); the tokenizer,
             the PSBs and their predictors stay as phase 1 left them, as the release's
@@ -95,6 +103,7 @@ class TrainConfig:
     backbone_lr_ratio: float = 1.0
     predictor_warmup_epochs: float = 0.0
     layer_decay: float = 1.0
+    initialization_trains: str = "all"
     adversarial_trains: str = "pab"
     lambda_action: float = 0.5
     lambda_privacy: float = 0.5
@@ -132,6 +141,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.initialization_trains not in INITIALIZATION_SCOPES:
+            raise ValueError(f"initialization_trains must be one of {INITIALIZATION_SCOPES}, "
+                             f"got {self.initialization_trains!r}")
         if self.adversarial_trains not in ADVERSARIAL_SCOPES:
             raise ValueError(f"adversarial_trains must be one of {ADVERSARIAL_SCOPES}, got {self.adversarial_trains!r}")
         if self.privacy_adversary not in ("negative_bce", "entropy"):
