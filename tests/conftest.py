@@ -36,24 +36,10 @@ def pytest_report_header(config):
     return "Triton kernels: NOT tested, no CUDA device and TRITON_INTERPRET is set to something other than 1"
 
 
-# Known failures that the per-test seeds exposed (before them these tests drew whatever the global
-# generator held after the tests that ran first, and passed by luck of the order). Each fails the
-# same way alone; the fix belongs to the Triton masked-attention kernels or their error rule.
-# Not strict: once fixed they simply pass. Remove an entry with its fix.
-KNOWN_SEEDED_FAILURES = {
-    "tests/test_masked_attention_triton.py::test_kernels_match_float64_oracle[large_scores]":
-        "float32 dv error 2.4e-05 > allowed 1.4e-05 at seed 4289755030 (interpreter)",
-    "tests/test_masked_attention_triton.py::test_kernels_match_float64_oracle[negative_scores_tail]":
-        "float32 dk error 9.2e-04 > allowed 4.2e-04 (interpreter)",
-}
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device; none is present"))
-        if item.nodeid in KNOWN_SEEDED_FAILURES:
-            item.add_marker(pytest.mark.xfail(reason=KNOWN_SEEDED_FAILURES[item.nodeid], strict=False))
 
 
 def test_seed(nodeid: str) -> int:

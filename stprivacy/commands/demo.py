@@ -179,9 +179,10 @@ def _train_config(settings: DemoSettings, seed: int, progress: bool) -> TrainCon
 
 
 def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True,
-             overrides: list[str] | None = None) -> dict[str, Any]:
+             overrides: list[str] | None = None, commit: str | None = None) -> dict[str, Any]:
     """One demo run: every row of the table, the figures and ``out/report.json`` (returned).
-    ``overrides``: ``--set`` items changing the recipe."""
+    ``overrides``: ``--set`` items changing the recipe; ``commit``: the code's commit, as read when
+    the process started (later edits of the checkout do not change the code that runs)."""
     settings = apply_overrides(TINY if tiny else FULL, overrides or [])
     t_start = time.perf_counter()
     torch.manual_seed(seed)
@@ -255,7 +256,7 @@ def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True,
         "settings": dataclasses.asdict(settings) | {"tiny": tiny, "seed": seed, "overrides": list(overrides or [])},
         "config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()},
         "machine": seed_table.machine(),
-        "commit": seed_table.git_commit(),
+        "commit": commit or seed_table.git_commit(),
         "seconds": round(elapsed, 1),
         "units": "top1, f1, cmap, ap and kept are fractions in [0, 1]",
     }
@@ -277,8 +278,10 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    commit = seed_table.git_commit()
     if args.seeds is None:
-        run_demo(args.seed, args.out, tiny=args.tiny, progress=not args.no_progress, overrides=args.overrides)
+        run_demo(args.seed, args.out, tiny=args.tiny, progress=not args.no_progress, overrides=args.overrides,
+                 commit=commit)
         return 0
     for seed in args.seeds:
         seed_dir = args.out / f"seed_{seed}"
@@ -286,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
                                overrides=args.overrides):
             print(f"seed {seed}: {seed_dir / 'report.json'} is already there, not rerun")
             continue
-        run_demo(seed, seed_dir, tiny=args.tiny, progress=not args.no_progress, overrides=args.overrides)
+        run_demo(seed, seed_dir, tiny=args.tiny, progress=not args.no_progress, overrides=args.overrides,
+                 commit=commit)
     reports = [args.out / f"seed_{seed}" / "report.json" for seed in args.seeds]
     table = seed_table.build(reports)
     paths = seed_table.write(table, args.out)

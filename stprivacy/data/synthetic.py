@@ -41,6 +41,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+
 PRIVACY_ATTRIBUTES = ("face", "skin_color", "gender", "nudity", "relationship")
 ACTOR_ATTRIBUTES = ("face", "skin_color")  # carried by the moving actor
 SCENE_ATTRIBUTES = ("gender", "nudity", "relationship")  # a glyph cell each
@@ -90,25 +92,25 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         if self.frames < 2:
-            raise ValueError(f"frames must be >= 2 (the action is motion), got {self.frames}")
+            raise ConfigError(f"frames must be >= 2 (the action is motion), got {self.frames}")
         if self.cell < 4 or self.size % self.cell != 0:
-            raise ValueError(f"size must be a multiple of cell (>= 4), got size={self.size}, cell={self.cell}")
+            raise ConfigError(f"size must be a multiple of cell (>= 4), got size={self.size}, cell={self.cell}")
         if not 2 <= self.num_classes <= len(DIRECTIONS):
-            raise ValueError(f"num_classes must be in [2, {len(DIRECTIONS)}], got {self.num_classes}")
+            raise ConfigError(f"num_classes must be in [2, {len(DIRECTIONS)}], got {self.num_classes}")
         if self.wavelength < 2 or (2 * self.cell) % self.wavelength:
-            raise ValueError(f"wavelength must be >= 2 and divide 2 * cell = {2 * self.cell}, got {self.wavelength}")
+            raise ConfigError(f"wavelength must be >= 2 and divide 2 * cell = {2 * self.cell}, got {self.wavelength}")
         if self.marking_period < 2 or (2 * self.cell) % self.marking_period:
-            raise ValueError(f"marking_period must be >= 2 and divide 2 * cell = {2 * self.cell}, "
+            raise ConfigError(f"marking_period must be >= 2 and divide 2 * cell = {2 * self.cell}, "
                              f"got {self.marking_period}")
         if self.speed < 1 or (2 * self.speed) % self.wavelength == 0:
             # A shift of a half period (or a whole one) looks the same in both directions.
-            raise ValueError(f"speed must be >= 1 and not a multiple of wavelength / 2, got {self.speed}")
+            raise ConfigError(f"speed must be >= 1 and not a multiple of wavelength / 2, got {self.speed}")
         if self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+            raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}")
         grid = self.size // self.cell
         needed = 4 + len(SCENE_ATTRIBUTES) + self.num_static_distractors + self.num_flicker_distractors
         if grid < 2 or grid * grid < needed:
-            raise ValueError(
+            raise ConfigError(
                 f"a {grid}x{grid} grid of cells cannot hold the actor (4 cells), {len(SCENE_ATTRIBUTES)} privacy "
                 f"cells and "
                 f"{self.num_static_distractors + self.num_flicker_distractors} distractors; "
@@ -154,7 +156,7 @@ def _glyph(name: str, value: int, cell: int, g: torch.Generator) -> Tensor:
         else:
             mask = _disk(y, x, cy, cx, 0.22)
         return color[:, None, None] * mask.clamp(max=1)
-    raise ValueError(f"unknown privacy attribute {name!r}; expected one of {PRIVACY_ATTRIBUTES}")
+    raise ConfigError(f"unknown privacy attribute {name!r}; expected one of {PRIVACY_ATTRIBUTES}")
 
 
 def _clutter(cell: int, g: torch.Generator) -> Tensor:
@@ -299,9 +301,9 @@ class SyntheticVideos(Dataset):
 
     def __init__(self, split: str = "train", num_videos: int = 512, seed: int = 0, **spec) -> None:
         if split not in _SPLIT_OFFSET:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_OFFSET)}, got {split!r}")
+            raise ConfigError(f"split must be one of {sorted(_SPLIT_OFFSET)}, got {split!r}")
         if num_videos < 1:
-            raise ValueError(f"num_videos must be >= 1, got {num_videos}")
+            raise ConfigError(f"num_videos must be >= 1, got {num_videos}")
         self.spec = SyntheticSpec(**spec)
         self.split, self.num_videos, self.seed = split, num_videos, seed
         self.num_classes = self.spec.num_classes
