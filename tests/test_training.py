@@ -220,3 +220,24 @@ def test_adversarial_phase_without_anything_to_train():
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert not all(torch.equal(p, b) for p, b in zip(privacy.parameters(), rec_before))
     assert len(history["loss_privacy"]) == 1
+
+
+def test_initialization_can_keep_the_pab_at_its_identity_start():
+    """initialization_trains='sparsifier': phase 1 moves the predictors, not the residual PAB, whose
+    zero head makes the output the sparsified video; without pab_residual the option is refused."""
+    from stprivacy.model import STPrivacy, VideoClassifier
+    from stprivacy.train import train_initialization
+
+    cfg = _tiny_cfg(initialization_trains="sparsifier")
+    model_cfg = dataclasses.replace(TINY_MODEL, pab_residual=True)
+    train_set = build_dataset("synthetic", "train", GEOMETRY, **cfg.dataset_kwargs)
+    model = STPrivacy(model_cfg)
+    recognizer = VideoClassifier.from_config(model_cfg, train_set.num_classes, **cfg.recognizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_initialization(model, recognizer, train_set, cfg)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and not any(name.startswith("pab.") for name in moved)
+    assert any(".predictor." in name for name in moved)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="pab_residual"):
+        train_initialization(STPrivacy(TINY_MODEL), recognizer, train_set, cfg)
