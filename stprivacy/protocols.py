@@ -38,7 +38,7 @@ from .model import FrameClassifier, STPrivacy, STPrivacyConfig
 from .progress import progress_bar
 from .train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .train.config import TrainConfig, get_lr
-from .verdict import ATTACKERS, combine_attackers
+from .verdict import ATTACKERS, check_attackers, combine_attackers
 
 # A frozen anonymizer: Tensor[B, C, T, H, W] -> (Tensor[B, C, T, H, W], keep Tensor[B, L, N] or None).
 Anonymizer = Callable[[Tensor], tuple[Tensor, Tensor | None]]
@@ -97,8 +97,7 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
         loads skipped as unreadable) and ``"seconds"``.
     """
     t0 = time.perf_counter()
-    if not attackers or any(a not in ATTACKERS for a in attackers):
-        raise ValueError(f"attackers must be a non-empty subset of {ATTACKERS}, got {attackers!r}")
+    attackers = check_attackers(attackers)
     device = torch.device(cfg.device)
     pairs = {}
     for attacker in attackers:

@@ -30,6 +30,14 @@ def _points(fraction: float) -> float:
     return round(100.0 * fraction, 6)
 
 
+def check_attackers(attackers) -> tuple[str, ...]:
+    """``attackers`` as a tuple, refused unless it is a non-empty subset of :data:`ATTACKERS`."""
+    attackers = tuple(attackers)
+    if not attackers or any(a not in ATTACKERS for a in attackers):
+        raise ValueError(f"attackers must be a non-empty subset of {ATTACKERS}, got {attackers!r}")
+    return attackers
+
+
 def combine_attackers(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """One row from the results of each attacker (``{"pixels": {...}, "mask": {...}}``).
 

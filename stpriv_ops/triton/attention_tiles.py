@@ -18,6 +18,16 @@ LOG2E_C = tl.constexpr(LOG2E)
 
 
 @triton.jit
+def query_block(H, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The program's query block, grid = (query blocks, B * H): (its first row, the (b, h) index in
+    64 bits for the pointer bases, b, h, its rows, one key block's offsets, the head-dim offsets)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1).to(tl.int64)
+    return (start_m, off_bh, off_bh // H, off_bh % H, start_m + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N),
+            tl.arange(0, BLOCK_D))
+
+
+@triton.jit
 def tile_ptrs(X_ptr, off_b, off_h, rows, offs_d, stride_b, stride_h, stride_n, stride_d):
     """Pointers to ``X[off_b, off_h, rows, :BLOCK_D]``; off_b and off_h are int64."""
     return X_ptr + off_b * stride_b + off_h * stride_h + rows[:, None] * stride_n + offs_d[None, :] * stride_d

@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .attention_tiles import load_keep, load_row_stats, load_tile, store_tile, tile_ptrs
+from .attention_tiles import load_keep, load_row_stats, load_tile, query_block, store_tile, tile_ptrs
 
 
 @triton.jit
@@ -70,13 +70,7 @@ def masked_attention_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     NEED_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1).to(tl.int64)
-    off_b = off_bh // H
-    off_h = off_bh % H
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    start_m, off_bh, off_b, off_h, offs_m, offs_n, offs_d = query_block(H, BLOCK_M, BLOCK_N, BLOCK_D)
     stats = off_bh * N + offs_m
 
     do = load_tile(tile_ptrs(DO_ptr, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_don, stride_dod),

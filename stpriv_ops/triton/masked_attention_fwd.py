@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .attention_tiles import LOG2E_C, load_keep, load_tile, store_tile, tile_ptrs
+from .attention_tiles import LOG2E_C, load_keep, load_tile, query_block, store_tile, tile_ptrs
 
 
 @triton.jit
@@ -79,13 +79,7 @@ def masked_attention_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_EPS: tl.constexpr, SCALE_NEGATIVE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1).to(tl.int64)
-    off_b = off_bh // H
-    off_h = off_bh % H
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    start_m, off_bh, off_b, off_h, offs_m, offs_n, offs_d = query_block(H, BLOCK_M, BLOCK_N, BLOCK_D)
 
     q_ptrs = tile_ptrs(Q_ptr, off_b, off_h, offs_m, offs_d, stride_qb, stride_qh, stride_qn, stride_qd)
     q = load_tile(q_ptrs, offs_m, N, offs_d, HEAD_DIM, BLOCK_D, True)

@@ -129,7 +129,6 @@ def apply_overrides(settings: DemoSettings, overrides: list[str]) -> DemoSetting
                 raise UsageError(f"--set demo.{key}: DemoSettings has no field {key!r}")
             settings = dataclasses.replace(settings, **{key: tuple(value) if isinstance(value, list) else value})
         else:
-            section = {"model": "model", "recognizer": "recognizer", "train": "train"}[section]
             settings = dataclasses.replace(settings, **{section: {**getattr(settings, section), key: value}})
     return settings
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import metrics
-from ..verdict import ATTACKERS, combine_attackers
+from ..verdict import check_attackers, combine_attackers
 from ..model import STPrivacy, STPrivacyConfig
 from ..progress import progress_bar
 from .checkpoint import load_latest, rng_state, save_rotating, set_rng_state
@@ -222,8 +222,7 @@ def attack_transformed(train_data: TensorDataset, test_data: TensorDataset, mode
     (:func:`transform_dataset`'s layout) and tested; combined by
     :func:`stprivacy.verdict.combine_attackers`. ``state_dir`` holds one checkpoint folder per
     attacker."""
-    if not attackers or any(a not in ATTACKERS for a in attackers):
-        raise ValueError(f"attackers must be a non-empty subset of {ATTACKERS}, got {attackers!r}")
+    attackers = check_attackers(attackers)
     # Nothing dropped: the mask-aware attacker is the pixel-only one, run once.
     masked = _has_mask(train_data) or _has_mask(test_data)
     runs = list(dict.fromkeys(a if masked else "pixels" for a in attackers))
