@@ -166,7 +166,7 @@ def test_gradients_reach_predictor_through_masked_attention():
     cfg = model.cfg
     L, N = cfg.time_steps, cfg.tokens_per_step
     x = model.tokenize(make_video(cfg))
-    x, keep = model.psbs[0].forward_train(x, None, grid=(L, N), ratio=0.7, tau=1.0,
+    x, keep, _ = model.psbs[0].forward_train(x, None, grid=(L, N), ratio=0.7, tau=1.0,
                                           generator=torch.Generator().manual_seed(0))
     assert keep is not None and 0 < keep.sum() < keep.numel()
 

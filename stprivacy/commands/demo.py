@@ -72,7 +72,7 @@ class DemoSettings:
 # motion for 8 epochs; 12 epochs let the attackers learn the scene glyphs.
 FULL = DemoSettings(
     model=dict(embed_dim=48, num_heads=3, depth=1, pab_depth=1, pab_residual=True, train_sampler="gumbel_topk",
-               gumbel_tau=3.0, normalize_input=True, detach_blackening=True),
+               keep_gradient="score_function", normalize_input=True, detach_blackening=True),
     recognizer=dict(embed_dim=48, num_heads=3, depth=1, norm_before_pool=True, zero_head=False),
     base_lr=0.05,
     init_epochs=24,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 TRAIN_SAMPLERS = ("gumbel", "gumbel_topk")
+KEEP_GRADIENTS = ("straight_through", "score_function")
 
 
 @dataclass
@@ -44,6 +45,14 @@ class STPrivacyConfig:
             ``floor(N * alpha ** m)`` per time step, sampled by Gumbel-perturbed top-k among the
             tubelets still kept (``stpriv_ops.gumbel_topk``); training then sees the token
             budget of deployment, and the keep ratio cannot drift or collapse.
+        keep_gradient: how the predictors learn from the loss. "straight_through" (the paper's,
+            DynamicViT's): the hard decision's backward is the relaxed softmax's, so the
+            predictors follow ``dL/dkeep`` taken at the sampled mask; that first-order slope says
+            what re-weighting a tubelet does, not what dropping it does. "score_function": the
+            sampled mask carries no gradient; the training loop adds the REINFORCE term
+            ``(loss_i - baseline_i) * log p(mask_i)`` per clip (``STPrivacyOutput.keep_log_prob``,
+            the exact log-probability of the sampled decisions), which is unbiased: sampled
+            masks that kept what the recognizer needed become more likely.
         attn_eps: the smoothing term of the masked attention (DynamicViT's ``eps``).
         use_psb: False drops nothing and skips the predictors (an unpruned ViT encoder).
         use_pab: False outputs the sparsified input (kept tubelets' raw pixels, dropped ones
@@ -62,8 +71,9 @@ class STPrivacyConfig:
             gradient comes only from where a dropped tubelet really is absent: the masked
             attention of the PSBs, the PAB and the mask-aware recognizers.
 
-    ``pab_residual``, ``normalize_input``, ``detach_blackening`` and ``train_sampler="gumbel_topk"``
-    are this project's additions, off in :meth:`vit_s` (the release has none of them);
+    ``pab_residual``, ``normalize_input``, ``detach_blackening``, ``train_sampler="gumbel_topk"``
+    and ``keep_gradient="score_function"`` are this project's additions, off in :meth:`vit_s`
+    (the release has none of them);
     docs/demo_results.md has the measurements behind turning them on for short CPU runs.
     """
 
@@ -82,6 +92,7 @@ class STPrivacyConfig:
     alpha: float = 0.7
     gumbel_tau: float = 1.0
     train_sampler: str = "gumbel"
+    keep_gradient: str = "straight_through"
     attn_eps: float = 1e-6
     use_psb: bool = True
     use_pab: bool = True
@@ -115,6 +126,8 @@ class STPrivacyConfig:
             raise ValueError(f"gumbel_tau must be a positive finite float, got {self.gumbel_tau}")
         if self.train_sampler not in TRAIN_SAMPLERS:
             raise ValueError(f"train_sampler must be one of {TRAIN_SAMPLERS}, got {self.train_sampler!r}")
+        if self.keep_gradient not in KEEP_GRADIENTS:
+            raise ValueError(f"keep_gradient must be one of {KEEP_GRADIENTS}, got {self.keep_gradient!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not (self.norm_eps > 0 and math.isfinite(self.norm_eps)):

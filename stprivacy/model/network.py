@@ -26,12 +26,16 @@ class STPrivacyOutput:
         keep_masks: one ``Tensor[B, L, N]`` per PSB, the cumulative mask after it (empty when
             ``use_psb`` is False); with ``target_ratios`` the input of the sparsity loss (Eq. 7).
         target_ratios: ``ratio ** m`` for PSB m = 1..num_psb.
+        keep_log_prob: ``Tensor[B]``, the log-probability of the sampled keep decisions of every
+            PSB (training with ``keep_gradient="score_function"`` only, else None): the training
+            loop's REINFORCE term (``stprivacy.train.common.score_function_term``).
     """
 
     video: Tensor
     keep: Tensor
     keep_masks: list[Tensor] = field(default_factory=list)
     target_ratios: list[float] = field(default_factory=list)
+    keep_log_prob: Tensor | None = None
 
 
 class STPrivacy(nn.Module):
@@ -98,25 +102,31 @@ class STPrivacy(nn.Module):
         ratio = self._check_ratio(keep_ratio)
         targets = self.cfg.target_ratios(ratio)
         x = self.tokenize(video)
+        log_prob = None
         if self.training:
-            anonymized, keep, masks = self._forward_train(video, x, targets, generator, score_scale)
+            anonymized, keep, masks, log_prob = self._forward_train(video, x, targets, generator, score_scale)
         else:
             anonymized, keep, masks = self._forward_eval(video, x, targets)
         B, L, N = video.shape[0], self.cfg.time_steps, self.cfg.tokens_per_step
         keep = video.new_ones(B, L, N) if keep is None else keep.view(B, L, N).to(video.dtype)
-        return STPrivacyOutput(video=anonymized, keep=keep, keep_masks=masks, target_ratios=targets)
+        return STPrivacyOutput(video=anonymized, keep=keep, keep_masks=masks, target_ratios=targets,
+                               keep_log_prob=log_prob)
 
     def _forward_train(self, video: Tensor, x: Tensor, targets: list[float], generator, score_scale: float
-                       ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+                       ) -> tuple[Tensor, Tensor | None, list[Tensor], Tensor | None]:
         """Every token travels; ``keep: Tensor[B, L*N]`` masks the dropped ones (None: all kept)."""
         B = x.shape[0]
         L, N = self.cfg.time_steps, self.cfg.tokens_per_step
-        keep, masks = None, []
+        score_function = self.cfg.keep_gradient == "score_function"
+        keep, masks, log_prob = None, [], None
         for m, psb in enumerate(self.psbs):
             ratio = targets[m] if targets else 1.0
             budget = tokens_to_keep(N, ratio) if self.cfg.train_sampler == "gumbel_topk" else None
-            x, keep = psb.forward_train(x, keep, grid=(L, N), ratio=ratio, tau=self.cfg.gumbel_tau, generator=generator,
-                                        budget=budget, score_scale=score_scale)
+            x, keep, block_log_prob = psb.forward_train(
+                x, keep, grid=(L, N), ratio=ratio, tau=self.cfg.gumbel_tau, generator=generator, budget=budget,
+                score_scale=score_scale, score_function=score_function)
+            if block_log_prob is not None:
+                log_prob = block_log_prob if log_prob is None else log_prob + block_log_prob
             if targets:
                 masks.append(x.new_ones(B, L, N) if keep is None else keep.view(B, L, N))
         pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
@@ -129,7 +139,7 @@ class STPrivacy(nn.Module):
         if keep is not None:
             blackening = keep.detach() if self.cfg.detach_blackening else keep
             patches = patches * blackening[..., None].to(patches.dtype)
-        return self._to_video(patches), keep, masks
+        return self._to_video(patches), keep, masks, log_prob
 
     def _forward_eval(self, video: Tensor, x: Tensor, targets: list[float]
                       ) -> tuple[Tensor, Tensor | None, list[Tensor]]:

@@ -128,6 +128,16 @@ def _open_uniform(like: Tensor, generator) -> Tensor:
     return uniform.clamp_(2.0**-24, 1.0 - 2.0**-24)
 
 
+def gumbel_noise(like: Tensor, generator=None) -> Tensor:
+    """Gumbel(0, 1) draws shaped, typed and placed like ``like`` (a sampler's own noise)."""
+    return reference.gumbel_noise(_open_uniform(like, generator)).to(like.dtype)
+
+
+def logistic_noise(like: Tensor, generator=None) -> Tensor:
+    """Logistic(0, 1) draws (the difference of two Gumbels) shaped, typed and placed like ``like``."""
+    return reference.logistic_noise(_open_uniform(like, generator)).to(like.dtype)
+
+
 def gumbel_keep(log_probs: Tensor, prev: Tensor, tau: float, generator=None, noise: Tensor | None = None) -> Tensor:
     """``Tensor[B, T]``: hard Gumbel keep decision times ``prev``, straight-through gradient.
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,6 +28,40 @@ def keep_score(log_probs: Tensor) -> Tensor:
 def tokens_to_keep(num_tokens: int, ratio: float) -> int:
     """``floor(num_tokens * ratio)``, at least 1; the tiny slack absorbs ``0.7 ** 2 = 0.48999...``."""
     return max(1, math.floor(num_tokens * ratio + 1e-9))
+
+
+def sample_topk(score: Tensor, k: int, generator=None) -> tuple[Tensor, Tensor]:
+    """The Gumbel top-k draw of :func:`stpriv_ops.gumbel_topk` without a gradient, and its log-probability.
+
+    Perturbing with Gumbel noise and taking the top k in order is drawing k tubelets one after
+    another without replacement from ``softmax(score)`` (Plackett-Luce), so the ordered draw has
+    ``log p = sum_j score[i_j] - logsumexp(score over the tubelets not drawn before j)``.
+
+    Returns:
+        ``(keep, log_prob)``: the 0/1 mask ``Tensor[B, L, N]`` (no gradient) and ``Tensor[B]``.
+    """
+    noise = ops.gumbel_noise(score, generator)
+    order = (score.detach() + noise).topk(k, dim=-1).indices  # [B, L, k], in draw order
+    drawn = F.one_hot(order, score.shape[-1]).to(torch.bool)  # [B, L, k, N]
+    before = drawn.cumsum(dim=2, dtype=torch.int32) > drawn.to(torch.int32)  # drawn strictly before j
+    remaining = score[:, :, None, :].masked_fill(before, float("-inf")).logsumexp(dim=-1)
+    log_prob = (score.gather(-1, order) - remaining).sum(dim=(1, 2))
+    keep = torch.zeros_like(score, dtype=score.dtype).scatter_(-1, order, 1.0).detach()
+    return keep, log_prob
+
+
+def sample_keep(log_probs: Tensor, prev: Tensor, generator=None) -> tuple[Tensor, Tensor]:
+    """The hard Gumbel-softmax decision of :func:`stpriv_ops.gumbel_keep` without a gradient, and
+    its log-probability: each tubelet still kept stays with ``p = exp(log_probs[..., 0])``.
+
+    Returns:
+        ``(keep, log_prob)``: ``Tensor[B, T]`` 0/1 (a subset of ``prev``, no gradient) and ``Tensor[B]``.
+    """
+    noise = ops.logistic_noise(prev, generator)
+    stays = (log_probs[..., 0] - log_probs[..., 1]).detach() + noise > 0
+    live = prev.detach() > 0
+    log_prob = torch.where(stays, log_probs[..., 0], log_probs[..., 1]).masked_fill(~live, 0.0).sum(dim=-1)
+    return (stays & live).to(prev.dtype), log_prob
 
 
 class KeepPredictor(nn.Module):
@@ -92,8 +127,8 @@ class PrivacySparsificationBlock(nn.Module):
         self.predictor = KeepPredictor(dim) if predictor else None
 
     def forward_train(self, x: Tensor, keep: Tensor | None, *, grid: tuple[int, int], ratio: float, tau: float,
-                      generator=None, budget: int | None = None, score_scale: float = 1.0
-                      ) -> tuple[Tensor, Tensor | None]:
+                      generator=None, budget: int | None = None, score_scale: float = 1.0,
+                      score_function: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """One PSB in training.
 
         Args:
@@ -106,25 +141,33 @@ class PrivacySparsificationBlock(nn.Module):
             budget: None decides per tubelet (hard Gumbel-softmax, Eq. 6); an int keeps exactly
                 that many tubelets per time step among those still kept (Gumbel top-k).
             score_scale: with ``budget``, multiplies the scores (0: a uniformly random subset).
+            score_function: sample without a straight-through gradient and return the draw's
+                log-probability (``STPrivacyConfig.keep_gradient="score_function"``).
 
         Returns:
-            ``(x, keep)``: ``Tensor[B, L*N, D]`` and the new ``Tensor[B, L*N]`` (None: all kept).
+            ``(x, keep, log_prob)``: ``Tensor[B, L*N, D]``, the new ``Tensor[B, L*N]`` (None: all
+            kept) and, with ``score_function``, ``Tensor[B]`` (else None).
         """
         for blk in self.blocks:
             x = blk(x, keep)
         if self.predictor is None or ratio >= 1.0:
-            return x, keep
+            return x, keep, None
         B, _, D = x.shape
         L, N = grid
         log_probs = self.predictor(x.view(B, L, N, D), None if keep is None else keep.view(B, L, N))
         prev = x.new_ones(B, L * N) if keep is None else keep
         if budget is None:
-            return x, ops.gumbel_keep(log_probs.view(B, L * N, 2), prev, tau, generator)
+            if score_function:
+                return x, *sample_keep(log_probs.view(B, L * N, 2), prev, generator)
+            return x, ops.gumbel_keep(log_probs.view(B, L * N, 2), prev, tau, generator), None
         score = keep_score(log_probs) * score_scale
         if keep is not None:  # only tubelets still kept compete; budget <= their count per step
             score = score.masked_fill(keep.view(B, L, N) == 0, _DROPPED_SCORE)
+        if score_function:
+            chosen, log_prob = sample_topk(score, budget, generator)
+            return x, chosen.view(B, L * N) * prev, log_prob
         chosen = ops.gumbel_topk(score, budget, tau, generator).view(B, L * N)
-        return x, chosen * prev  # a subset of prev; the product carries the gradient to it too
+        return x, chosen * prev, None  # a subset of prev; the product carries the gradient to it too
 
     def forward_eval(self, x: Tensor, index: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
         """One PSB in evaluation, on the compacted tokens.

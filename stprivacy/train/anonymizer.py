@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from ..model import STPrivacy
 from ..progress import progress_bar
-from .common import backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss, set_lr, to_device
+from .common import (backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss, score_function_term, set_lr,
+                     to_device)
 from .config import TrainConfig, get_lr, sparsity_warmup
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
                           sync_gradients, usable_on_all_ranks)
@@ -136,8 +137,10 @@ def _initialization_loop(model: STPrivacy, action_rec: nn.Module, train_set: Dat
                     out = net(video, keep_ratio, score_scale=score_scale,
                               generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
                     loss_spars = _spars(out)
-                    loss_action = F.cross_entropy(rec(out.video, out.keep), action)
-                ((loss_spars + loss_action) / accum).backward()
+                    action_per_clip = F.cross_entropy(rec(out.video, out.keep), action, reduction="none")
+                    loss_action = action_per_clip.mean()
+                    loss_keep = score_function_term(action_per_clip, out.keep_log_prob)
+                ((loss_spars + loss_action + loss_keep) / accum).backward()
                 step_values.add(loss_spars=loss_spars, loss_action=loss_action, keep=out.keep.mean())
             values = step_values.reduce(progress)  # raises on NaN/inf before the update
             clip_and_step(optimizer, cfg)
@@ -228,12 +231,15 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 with autocast(cfg, device), torch.set_grad_enabled(learns):
                     out = net(video, generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
                     loss_spars = _spars(out)
-                    loss_action = F.cross_entropy(action_rec(out.video, out.keep), action)
-                    loss_adversary = privacy_adversary_loss(privacy_rec(out.video, out.keep), privacy,
-                                                            cfg.privacy_adversary)
-                    loss = loss_spars + cfg.lambda_action * loss_action + cfg.lambda_privacy * loss_adversary
+                    per_clip = (cfg.lambda_action * F.cross_entropy(action_rec(out.video, out.keep), action,
+                                                                     reduction="none")
+                                + cfg.lambda_privacy * privacy_adversary_loss(privacy_rec(out.video, out.keep),
+                                                                              privacy, cfg.privacy_adversary,
+                                                                              reduction="none"))
+                    loss = loss_spars + per_clip.mean()
+                    loss_keep = score_function_term(per_clip, out.keep_log_prob)  # its value means nothing
                 if learns:
-                    (loss / accum).backward()
+                    ((loss + loss_keep) / accum).backward()
                 anonymized.append((out.video.detach(), out.keep.detach(), action, privacy))
                 step_values.add(loss_spars=loss_spars, loss_anonymizer=loss, keep=out.keep.mean())
 

@@ -106,18 +106,34 @@ def make_recognizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, num_outputs: i
         VideoClassifier.from_config(model_cfg, num_outputs, multilabel=multilabel, **cfg.recognizer))
 
 
-def privacy_adversary_loss(logits: Tensor, privacy: Tensor, kind: str) -> Tensor:
+def privacy_adversary_loss(logits: Tensor, privacy: Tensor, kind: str, reduction: str = "mean") -> Tensor:
     """The term the anonymizer *minimizes* to defeat the privacy recognizer (times lambda_P).
 
     "negative_bce" is the paper's ``-L_privacy``; "entropy" is ``-H(sigmoid(logits))``, the
     negative mean per-attribute entropy, which is bounded below (by -log 2) so the anonymizer
-    cannot win by making the recognizer confidently wrong.
+    cannot win by making the recognizer confidently wrong. ``reduction="none"`` gives one value
+    per clip (the mean over attributes), ``Tensor[B]``.
     """
-    if kind == "negative_bce":
-        return -F.binary_cross_entropy_with_logits(logits, privacy)
-    p = torch.sigmoid(logits)
-    entropy = F.binary_cross_entropy_with_logits(logits, p)  # = H(p) elementwise-mean
-    return -entropy
+    target = privacy if kind == "negative_bce" else torch.sigmoid(logits)  # BCE(logits, p) = H(p)
+    per_clip = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
+    return per_clip if reduction == "none" else per_clip.mean()
+
+
+def score_function_term(per_clip_loss: Tensor, keep_log_prob: Tensor | None) -> Tensor:
+    """The REINFORCE surrogate of ``STPrivacyConfig.keep_gradient="score_function"``: its gradient
+    is an unbiased estimate of the gradient of the expected loss with respect to the predictors.
+
+    ``mean_i (loss_i - b_i) * log p(mask_i)`` with the leave-one-out baseline ``b_i``, the mean
+    loss of the other clips of the (micro-)batch: it does not depend on clip i's own draw, so it
+    leaves the estimate unbiased while removing the batch's common level. Zero without a log-
+    probability (the straight-through estimator, evaluation, nothing dropped).
+    """
+    if keep_log_prob is None:
+        return per_clip_loss.new_zeros(())
+    loss = per_clip_loss.detach()
+    n = loss.numel()
+    baseline = (loss.sum() - loss) / (n - 1) if n > 1 else torch.zeros_like(loss)
+    return ((loss - baseline) * keep_log_prob).mean()
 
 
 def to_device(batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
