@@ -112,6 +112,7 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
     total, warmup, min_lr = _schedule(cfg, len(loader))
     step = 0
     for epoch in range(cfg.eval_epochs):
+        epoch_losses = {attacker: [] for attacker in pairs}
         for video, action, privacy in _batches(loader, device, f"{name}: recognizers {epoch + 1}/{cfg.eval_epochs}",
                                                cfg.progress):
             clips, keep, _ = _anonymize(transform, video)
@@ -120,11 +121,12 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
                 for opt in optimizers:
                     set_lr(opt, get_lr(step, total, cfg.peak_lr, warmup, min_lr))
                     opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(action_rec(clips, mask), action)
-                loss = loss + F.binary_cross_entropy_with_logits(privacy_rec(clips, mask), privacy)
-                loss.backward()  # disjoint parameters: one backward serves both recognizers
+                loss_action = F.cross_entropy(action_rec(clips, mask), action)
+                loss_privacy = F.binary_cross_entropy_with_logits(privacy_rec(clips, mask), privacy)
+                (loss_action + loss_privacy).backward()  # disjoint parameters: one backward serves both recognizers
                 for opt in optimizers:
                     clip_and_step(opt, cfg)
+                epoch_losses[attacker].append((loss_action.item(), loss_privacy.item()))
             step += 1
     logits = {attacker: ([], []) for attacker in pairs}
     actions, privacies, kept = [], [], []
@@ -147,9 +149,20 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
         raise DatasetError(f"{name}: no test video could be decoded")
     results = {attacker: metrics.summarize(torch.cat(a), torch.cat(actions), torch.cat(p), torch.cat(privacies))
                for attacker, (a, p) in logits.items()}
+    if cfg.eval_epochs:
+        for attacker, losses in epoch_losses.items():
+            results[attacker]["last_epoch_loss"] = _mean_losses(losses)
     result: dict[str, Any] = combine_attackers(results)
     result.update(kept=sum(kept) / len(kept), skipped=_skipped(train_set, test_set), seconds=time.perf_counter() - t0)
     return result
+
+
+def _mean_losses(losses: list[tuple[float, float]]) -> dict[str, float] | None:
+    """The recognizers' mean training losses over an epoch's steps: whether the attacker learned
+    anything, and a continuous number that two runs reproducing each other share exactly."""
+    if not losses:
+        return None
+    return {"action": sum(a for a, _ in losses) / len(losses), "privacy": sum(p for _, p in losses) / len(losses)}
 
 
 def _frames(clips: Tensor, privacy: Tensor, views: int) -> tuple[Tensor, Tensor]:

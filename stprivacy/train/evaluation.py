@@ -233,10 +233,13 @@ def attack_transformed(train_data: TensorDataset, test_data: TensorDataset, mode
         train_view, test_view = ((train_data, test_data) if attacker == "mask"
                                  else (without_mask(train_data), without_mask(test_data)))
         torch.manual_seed(cfg.seed + 1)  # every attacker's recognizers start alike
-        action_rec, privacy_rec, _ = fit_recognizers(
+        action_rec, privacy_rec, history = fit_recognizers(
             train_view, model_cfg, cfg, num_classes, num_attributes, desc=f"{name} [{attacker}]", logger=logger,
             state_dir=None if state_dir is None else state_dir / attacker, resume=resume, init=init)
         results[attacker] = test_recognizers(action_rec, privacy_rec, test_view, cfg)
+        if history["loss_action"]:  # the last epoch's mean losses: did the attacker learn at all?
+            results[attacker]["last_epoch_loss"] = {"action": history["loss_action"][-1],
+                                                    "privacy": history["loss_privacy"][-1]}
     return combine_attackers(results)
 
 
