@@ -12,12 +12,11 @@ The command line prints the same markdown.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .attack import ATTACKER_PROTOCOL
-from .seed_table import _pct
+from .seed_table import _pct, write_json_and_markdown
 
 ATTACKER_TITLES = {
     "video": "video ViT from scratch (paper Table 1)",
@@ -93,10 +92,7 @@ def write_evaluation(evaluation: dict[str, Any], out: str | Path) -> list[Path]:
     from . import viz  # matplotlib: only when a picture is drawn
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "evaluation.json", out / "evaluation.md"]
-    paths[0].write_text(json.dumps(evaluation, indent=2))
-    paths[1].write_text(to_markdown(evaluation))
+    paths = write_json_and_markdown(evaluation, to_markdown(evaluation), out, "evaluation")
     rows = evaluation["rows"]
     if any(row["top1"] is not None for row in rows.values()):
         curve = [{"alpha": row["alpha"], "top1": row["top1"], "cmap": row["cmap"]}
