@@ -219,9 +219,9 @@ def evaluate_methods(methods: Sequence[Method], model_cfg: STPrivacyConfig, cfg:
     attackers = _check_attackers(attackers, imagenet_vit)
     t0, commit = time.perf_counter(), git_commit()  # the code that runs, read before it runs
     num_classes, num_attributes = dataset_sizes(methods[0].train_set)
-    streamed = any(ATTACKER_PROTOCOL[a] == "frame" for a in attackers) or hasattr(methods[0].train_set, "collate_fn")
-    in_memory = any(ATTACKER_PROTOCOL[a] == "video" for a in attackers) and not hasattr(methods[0].train_set,
-                                                                                       "collate_fn")
+    files = hasattr(methods[0].train_set, "collate_fn")  # video files, streamed; else held in memory
+    streamed = files or any(ATTACKER_PROTOCOL[a] == "frame" for a in attackers)
+    in_memory = not files and any(ATTACKER_PROTOCOL[a] == "video" for a in attackers)
     if world_size() > 1 and streamed and in_memory:
         # The in-memory protocol shards over the processes, the streaming ones run in one: not both.
         raise UsageError("the frame-level attackers run in one process; evaluate them without torchrun")
@@ -231,7 +231,8 @@ def evaluate_methods(methods: Sequence[Method], model_cfg: STPrivacyConfig, cfg:
     rows = {}
     for method in methods:
         results = {a: _attack(method, a, model_cfg, cfg, num_classes, num_attributes, init) for a in attackers}
-        rows[method.name] = {"kind": method.kind, **method.info, **summarize_attackers(results)}
+        videos = {"train": len(method.train_set), "test": len(method.test_set)}  # a folder's may be fewer
+        rows[method.name] = {"kind": method.kind, **method.info, "videos": videos, **summarize_attackers(results)}
         if on_result is not None:
             on_result(method.name, rows[method.name])
     evaluated_on = evaluated_on or cfg.dataset
@@ -240,8 +241,8 @@ def evaluate_methods(methods: Sequence[Method], model_cfg: STPrivacyConfig, cfg:
         "dataset": {"evaluated_on": evaluated_on, "trained_on": trained_on, "cross_dataset": trained_on != evaluated_on,
                     "attributes": list(getattr(methods[0].train_set, "attributes", ())) or
                     [f"attribute {i}" for i in range(num_attributes)],
-                    "num_classes": num_classes, "train_videos": len(methods[0].train_set),
-                    "test_videos": len(methods[0].test_set)},
+                    "num_classes": num_classes, "train_videos": max(r["videos"]["train"] for r in rows.values()),
+                    "test_videos": max(r["videos"]["test"] for r in rows.values())},
         "attackers": list(attackers),
         "imagenet_vit": None if imagenet_vit is None else {"file": str(imagenet_vit), "loaded_parameters": loaded},
         "rows": rows,
@@ -266,7 +267,8 @@ def build_splits(dataset: str | tuple[Dataset, Dataset], model_cfg: STPrivacyCon
         return (build_dataset(dataset, "train", geometry, **dict(kwargs)),
                 build_dataset(dataset, "test", geometry, **dict(kwargs)), dataset)
     if not (isinstance(dataset, (tuple, list)) and len(dataset) == 2):
-        raise UsageError(f"dataset must be a dataset name or a (train_set, test_set) pair, got {type(dataset).__name__}")
+        raise UsageError(f"dataset must be a dataset name or a (train_set, test_set) pair, "
+                         f"got {type(dataset).__name__}")
     return dataset[0], dataset[1], cfg.dataset
 
 

@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 from stprivacy import evaluate_transform
 from stprivacy.cli import main
-from stprivacy.data.hmdb51 import HMDB51
 from stprivacy.errors import UsageError
 from stprivacy.model import STPrivacyConfig
 from stprivacy.train import TrainConfig, evaluate_baseline
@@ -95,6 +94,7 @@ def test_byte_copy_reproduces_raw_and_a_damaged_folder_names_what_it_lacks(tmp_p
     assert left_out["train"]["missing"] == [hmdb["missing"]] and not left_out["train"]["unreadable"]
     assert list(left_out["test"]["unreadable"]) == [hmdb["truncated"]] and not left_out["test"]["missing"]
     assert evaluation["dataset"]["train_videos"] == 8 and evaluation["dataset"]["test_videos"] == 4
+    assert rows["damaged"]["videos"] == {"train": 7, "test": 3} and rows["copy"]["videos"] == {"train": 8, "test": 4}
     for name in (hmdb["missing"], hmdb["truncated"]):
         assert name in out  # printed before the training, and in the table's list
         assert name in (tmp_path / "eval" / "evaluation.md").read_text()
@@ -130,7 +130,8 @@ def test_identity_transform_reproduces_raw_in_memory(synthetic_cfg, tmp_path):
     geometry = {"frames": MODEL_CFG.frames, "image_size": MODEL_CFG.image_size, "tubelet": MODEL_CFG.tubelet}
     splits = [build_dataset("synthetic", s, geometry, **synthetic_cfg.dataset_kwargs) for s in ("train", "test")]
     raw = evaluate_baseline("raw", MODEL_CFG, synthetic_cfg, *splits, num_classes=4, num_attributes=5)
-    assert _scores(evaluation["rows"]["identity"]["attackers"]["video"]) == _scores(raw)  # the demo's own raw-baseline path
+    # The demo's own raw-baseline path (stprivacy.train.evaluate_baseline) gives the same floats.
+    assert _scores(evaluation["rows"]["identity"]["attackers"]["video"]) == _scores(raw)
     assert {p.name for p in tmp_path.iterdir()} == {"evaluation.json", "evaluation.md", "tradeoff.png"}
 
 

@@ -144,7 +144,8 @@ def _evaluate(args: argparse.Namespace, model: STPrivacy | None, model_cfg: STPr
         left_out = methods[-1].info["left_out"]
         if left_out["count"] and is_main():
             named = [f"{split}: {p} (missing)" for split in ("train", "test") for p in left_out[split]["missing"]]
-            named += [f"{split}: {p} (unreadable)" for split in ("train", "test") for p in left_out[split]["unreadable"]]
+            named += [f"{split}: {p} (unreadable)" for split in ("train", "test")
+                      for p in left_out[split]["unreadable"]]
             print(f"{row}: {left_out['count']} videos of {root} left out of its splits: {'; '.join(named)}")
 
     def show(row_name: str, row: dict) -> None:
@@ -152,9 +153,9 @@ def _evaluate(args: argparse.Namespace, model: STPrivacy | None, model_cfg: STPr
             top1 = "-" if row["top1"] is None else f"{100 * row['top1']:.1f}"
             print(f"  {row_name}: top-1 {top1}, cMAP {100 * row['cmap']:.1f} ({row['privacy_from']} attacker)")
 
-    evaluation = evaluate_methods(methods, model_cfg, cfg, attackers=attacker_names(args.protocol, bool(args.imagenet_vit)),
-                                  imagenet_vit=args.imagenet_vit, trained_on=cfg.dataset, evaluated_on=name,
-                                  on_result=show)
+    attackers = attacker_names(args.protocol, imagenet=args.imagenet_vit is not None)
+    evaluation = evaluate_methods(methods, model_cfg, cfg, attackers=attackers, imagenet_vit=args.imagenet_vit,
+                                  trained_on=cfg.dataset, evaluated_on=name, on_result=show)
     if not is_main():
         return 0
     evaluation["command"] = shlex.join(["stprivacy", *getattr(args, "argv", [])])

@@ -102,9 +102,9 @@ def transformed_folder(dataset: VideoClipDataset, root: str | Path, video_root: 
         records.append(type(record)(path, record.action, record.privacy))
     if left_out and on_missing == "error":
         names = left_out.missing + list(left_out.unreadable)
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise DatasetError(f"--transformed-root {root}: {len(left_out.missing)} missing and {len(left_out.unreadable)} "
-                           f"unreadable {dataset.subset} videos ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
-                           f"; --on-missing exclude evaluates the rest")
+                           f"unreadable {dataset.subset} videos ({shown}); --on-missing exclude evaluates the rest")
     if not records:
         example = (left_out.missing + list(left_out.unreadable) + ["?"])[0]
         raise DatasetError(f"--transformed-root {root}: none of the {len(dataset)} {dataset.subset} videos of the "
