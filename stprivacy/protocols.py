@@ -35,6 +35,7 @@ from . import metrics
 from .data.video_dataset import collate_videos
 from .errors import DatasetError
 from .model import FrameClassifier, STPrivacy, STPrivacyConfig
+from .model.pretrained import load_pretrained_vit
 from .progress import progress_bar
 from .train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from .train.config import TrainConfig, get_lr
@@ -83,13 +84,15 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, float]:
 
 def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
                        cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
-                       attackers: tuple[str, ...] = ("pixels",)) -> dict[str, Any]:
+                       attackers: tuple[str, ...] = ("pixels",), init: dict[str, Tensor] | None = None
+                       ) -> dict[str, Any]:
     """The video-level protocol with the anonymizer applied on the fly.
 
     Each batch is anonymized once and trains one fresh pair of recognizers (action, privacy) per
     attacker in ``attackers`` (``stprivacy.verdict.ATTACKERS``: "pixels" see the released video
     only, "mask" also the keep mask); the result combines them by
-    :func:`stprivacy.verdict.combine_attackers`.
+    :func:`stprivacy.verdict.combine_attackers`. ``init``: an ImageNet ViT state dict the fresh
+    recognizers start from (:func:`stprivacy.train.common.make_recognizer`); None = from scratch.
 
     Returns:
         ``{"top1", "f1", "cmap", "ap"}`` (fractions), ``"privacy_from"`` / ``"top1_from"`` and
@@ -102,13 +105,14 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
     pairs = {}
     for attacker in attackers:
         torch.manual_seed(cfg.seed + 1)  # every attacker's recognizers start alike
-        pair = (make_recognizer(model_cfg, cfg, num_classes, multilabel=False).to(device).train(),
-                make_recognizer(model_cfg, cfg, num_attributes, multilabel=True).to(device).train())
+        pair = (make_recognizer(model_cfg, cfg, num_classes, multilabel=False, init=init).to(device).train(),
+                make_recognizer(model_cfg, cfg, num_attributes, multilabel=True, init=init).to(device).train())
         pairs[attacker] = (pair, tuple(make_optimizer([rec], cfg) for rec in pair))
     loader = _loader(train_set, cfg, shuffle=True, seed_offset=3)
     total, warmup, min_lr = _schedule(cfg, len(loader))
     step = 0
     for epoch in range(cfg.eval_epochs):
+        epoch_losses = {attacker: [] for attacker in pairs}
         for video, action, privacy in _batches(loader, device, f"{name}: recognizers {epoch + 1}/{cfg.eval_epochs}",
                                                cfg.progress):
             clips, keep, _ = _anonymize(transform, video)
@@ -117,11 +121,12 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
                 for opt in optimizers:
                     set_lr(opt, get_lr(step, total, cfg.peak_lr, warmup, min_lr))
                     opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(action_rec(clips, mask), action)
-                loss = loss + F.binary_cross_entropy_with_logits(privacy_rec(clips, mask), privacy)
-                loss.backward()  # disjoint parameters: one backward serves both recognizers
+                loss_action = F.cross_entropy(action_rec(clips, mask), action)
+                loss_privacy = F.binary_cross_entropy_with_logits(privacy_rec(clips, mask), privacy)
+                (loss_action + loss_privacy).backward()  # disjoint parameters: one backward serves both recognizers
                 for opt in optimizers:
                     clip_and_step(opt, cfg)
+                epoch_losses[attacker].append((loss_action.item(), loss_privacy.item()))
             step += 1
     logits = {attacker: ([], []) for attacker in pairs}
     actions, privacies, kept = [], [], []
@@ -144,9 +149,20 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
         raise DatasetError(f"{name}: no test video could be decoded")
     results = {attacker: metrics.summarize(torch.cat(a), torch.cat(actions), torch.cat(p), torch.cat(privacies))
                for attacker, (a, p) in logits.items()}
+    if cfg.eval_epochs:
+        for attacker, losses in epoch_losses.items():
+            results[attacker]["last_epoch_loss"] = _mean_losses(losses)
     result: dict[str, Any] = combine_attackers(results)
     result.update(kept=sum(kept) / len(kept), skipped=_skipped(train_set, test_set), seconds=time.perf_counter() - t0)
     return result
+
+
+def _mean_losses(losses: list[tuple[float, float]]) -> dict[str, float] | None:
+    """The recognizers' mean training losses over an epoch's steps: whether the attacker learned
+    anything, and a continuous number that two runs reproducing each other share exactly."""
+    if not losses:
+        return None
+    return {"action": sum(a for a, _ in losses) / len(losses), "privacy": sum(p for _, p in losses) / len(losses)}
 
 
 def _frames(clips: Tensor, privacy: Tensor, views: int) -> tuple[Tensor, Tensor]:
@@ -157,20 +173,26 @@ def _frames(clips: Tensor, privacy: Tensor, views: int) -> tuple[Tensor, Tensor]
 
 
 def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
-                         cfg: TrainConfig, *, num_attributes: int, name: str = "anonymizer") -> dict[str, Any]:
+                         cfg: TrainConfig, *, num_attributes: int, name: str = "anonymizer",
+                         init: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """The frame-level privacy protocol: a fresh 2D privacy recognizer on single anonymized frames.
 
     Dropped tubelets are black pixels to a frame model (it has no keep mask), which is what an
-    attacker who only sees the released frames gets.
+    attacker who only sees the released frames gets. ``init``: an ImageNet ViT state dict the
+    recognizer starts from (its head stays random); None = from scratch.
 
     Returns:
-        ``{"frame_f1", "frame_cmap"}`` over all test frames, ``{"video_f1", "video_cmap"}`` with
-        the frame logits averaged per video, ``"skipped"`` and ``"seconds"``.
+        ``{"frame_f1", "frame_cmap", "frame_ap"}`` over all test frames, ``{"video_f1",
+        "video_cmap", "video_ap"}`` with the frame logits averaged per video (``*_ap``: per
+        attribute), ``"skipped"`` and ``"seconds"``.
     """
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
     recognizer: nn.Module = FrameClassifier.from_config(model_cfg, num_attributes, multilabel=True,
-                                                        **_frame_overrides(cfg)).to(device).train()
+                                                        **_frame_overrides(cfg))
+    if init is not None:
+        load_pretrained_vit(recognizer, init)
+    recognizer = recognizer.to(device).train()
     optimizer = make_optimizer([recognizer], cfg)
     loader = _loader(train_set, cfg, shuffle=True, seed_offset=5)
     total, warmup, min_lr = _schedule(cfg, len(loader))
@@ -201,9 +223,12 @@ def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Da
         raise DatasetError(f"{name}: no test video could be decoded")
     frame_y, frame_s = torch.cat(frame_labels), torch.cat(frame_logits)
     video_y, video_s = torch.cat(video_labels), torch.cat(video_logits)
+    frame_ap, video_ap = metrics.average_precision(frame_y, frame_s), metrics.average_precision(video_y, video_s)
     return {
-        "frame_f1": metrics.privacy_f1(frame_y, frame_s), "frame_cmap": metrics.privacy_cmap(frame_y, frame_s),
-        "video_f1": metrics.privacy_f1(video_y, video_s), "video_cmap": metrics.privacy_cmap(video_y, video_s),
+        "frame_f1": metrics.privacy_f1(frame_y, frame_s), "frame_cmap": float(frame_ap.mean()),
+        "frame_ap": [float(a) for a in frame_ap],
+        "video_f1": metrics.privacy_f1(video_y, video_s), "video_cmap": float(video_ap.mean()),
+        "video_ap": [float(a) for a in video_ap],
         "skipped": _skipped(train_set, test_set), "seconds": time.perf_counter() - t0,
     }
 
@@ -216,15 +241,17 @@ def _frame_overrides(cfg: TrainConfig) -> dict[str, Any]:
 
 def run_protocol(protocol: str, transform: Anonymizer, train_set: Dataset, test_set: Dataset,
                  model_cfg: STPrivacyConfig, cfg: TrainConfig, *, num_classes: int, num_attributes: int,
-                 name: str = "anonymizer", attackers: tuple[str, ...] = ("pixels",)) -> dict[str, Any]:
+                 name: str = "anonymizer", attackers: tuple[str, ...] = ("pixels",),
+                 init: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """``"video"`` (:func:`evaluate_streaming`, attacked by ``attackers``) or ``"frame"``
-    (:func:`evaluate_frame_level`: a frame model sees pixels only)."""
+    (:func:`evaluate_frame_level`: a frame model sees pixels only); ``init``: the recognizers'
+    ImageNet start, None = from scratch."""
     if protocol == "video":
         return evaluate_streaming(transform, train_set, test_set, model_cfg, cfg, num_classes=num_classes,
-                                  num_attributes=num_attributes, name=name, attackers=attackers)
+                                  num_attributes=num_attributes, name=name, attackers=attackers, init=init)
     if protocol == "frame":
         return evaluate_frame_level(transform, train_set, test_set, model_cfg, cfg, num_attributes=num_attributes,
-                                    name=name)
+                                    name=name, init=init)
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
@@ -236,11 +263,13 @@ def cross_dataset_tag(result: dict[str, Any], trained_on: str, evaluated_on: str
 
 # ---- command-line glue for `stprivacy train` / `stprivacy evaluate` ------------------------------
 
-def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    """The protocol options shared by ``train`` and ``evaluate``."""
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="video",
+def add_protocol_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """The protocol options shared by ``train`` and ``evaluate`` (``several``: ``--protocol`` takes
+    one or more, each an attacker of the same run; ``args.protocol`` is then a list)."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=["video"] if several else "video",
+                        nargs="+" if several else None,
                         help="video: fresh video recognizers (paper Table 1); frame: a fresh per-frame 2D privacy "
-                             "recognizer (Table 3)")
+                             "recognizer (Table 3)" + ("; several: each attacks every method" if several else ""))
     parser.add_argument("--eval-dataset", default=None, metavar="NAME",
                         help="evaluate on this dataset instead of the training one: the cross-dataset protocol "
                              "(Table 2), e.g. train on ucf101, evaluate on hmdb51")
@@ -295,41 +324,3 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{alpha:>6} " + " ".join(f"{100 * r[k]:12.1f}" for k in keys) + f" {r['skipped']:>8}"
                      f" {r.get('privacy_from', 'pixels'):>9}")
     return "\n".join(lines)
-
-
-def evaluate_baseline_with_protocol(name: str, model_cfg: STPrivacyConfig, cfg: TrainConfig, args: argparse.Namespace,
-                                    train_set: Dataset, test_set: Dataset) -> dict[str, Any]:
-    """One of ``stprivacy.baselines.BASELINE_NAMES`` through ``args.protocol`` (same datasets as
-    :func:`evaluate_with_protocol`, so the baseline rows sit next to STPrivacy's)."""
-    from .baselines import make_baseline
-    from .train.data_factory import build_dataset
-    from .train.evaluation import baseline_transform
-
-    evaluated_on = cfg.dataset
-    if args.eval_dataset is not None:
-        evaluated_on = args.eval_dataset
-        geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
-        train_set = build_dataset(evaluated_on, "train", geometry, **(args.eval_dataset_kwargs or {}))
-        test_set = build_dataset(evaluated_on, "test", geometry, **(args.eval_dataset_kwargs or {}))
-    torch.manual_seed(cfg.seed + 1)
-    result = run_protocol(args.protocol, baseline_transform(make_baseline(name, model_cfg.image_size)), train_set,
-                          test_set, model_cfg, cfg, num_classes=int(train_set.num_classes),
-                          num_attributes=int(train_set.num_attributes), name=name)
-    return cross_dataset_tag(result, trained_on=cfg.dataset, evaluated_on=evaluated_on)
-
-
-def run_evaluate_command(args: argparse.Namespace, model: STPrivacy, cfg: TrainConfig, train_set: Dataset | None,
-                         test_set: Dataset | None, title: str) -> int:
-    """``stprivacy evaluate`` through this module: STPrivacy at each keep ratio, then ``--baselines``;
-    prints the tables and writes ``OUT/evaluation.json`` when ``--out`` is given."""
-    results = evaluate_with_protocol(model, cfg, args, train_set, test_set, keep_ratios=args.keep_ratios)
-    print(title)
-    print(format_results(results))
-    baselines = {}
-    for name in args.baselines:
-        baselines[name] = evaluate_baseline_with_protocol(name, model.cfg, cfg, args, train_set, test_set)
-        print(f"baseline {name}:\n{format_results({'-': baselines[name]})}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "evaluation.json").write_text(json.dumps({"stprivacy": results, "baselines": baselines}, indent=2))
-    return 0

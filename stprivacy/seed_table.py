@@ -169,11 +169,16 @@ def to_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(table: dict[str, Any], out: str | Path) -> list[Path]:
-    """``out/seed_table.json`` and ``out/seed_table.md``."""
+def write_json_and_markdown(data: dict[str, Any], markdown: str, out: str | Path, stem: str) -> list[Path]:
+    """``out/<stem>.json`` (``data``) and ``out/<stem>.md`` (``markdown``), creating ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "seed_table.json", out / "seed_table.md"]
-    paths[0].write_text(json.dumps(table, indent=2))
-    paths[1].write_text(to_markdown(table))
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
+    paths[0].write_text(json.dumps(data, indent=2))
+    paths[1].write_text(markdown)
     return paths
+
+
+def write(table: dict[str, Any], out: str | Path) -> list[Path]:
+    """``out/seed_table.json`` and ``out/seed_table.md``."""
+    return write_json_and_markdown(table, to_markdown(table), out, "seed_table")

@@ -60,7 +60,7 @@ def plot_examples(raw: Tensor, sparsified: Tensor, anonymized: Tensor, path: str
 
 
 def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, Mapping[str, float]],
-                  path: str | Path, *, title: str = "action vs privacy") -> Path:
+                  path: str | Path, *, title: str = "action vs privacy", highlight: Sequence[str] = ()) -> Path:
     """Action top-1 (x) against privacy cMAP (y) for STPrivacy over deployment keep ratios (a
     line, each point labeled with its alpha) and for the baselines and ablations (points).
     Lower-right is better: the action kept, the privacy removed.
@@ -69,6 +69,8 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
         curve: ``[{"alpha": a, "top1": t, "cmap": c}, ...]`` as fractions.
         baselines: ``{name: {"top1": t, "cmap": c}}`` as fractions.
         path: PNG file to write.
+        highlight: names among ``baselines`` to mark out (a user's method placed among them):
+            a larger black-edged star, labeled beside the point.
     """
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     if curve:
@@ -80,7 +82,12 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
                         xytext=(4, 4), fontsize=7, color="tab:red")
     markers = "sDv^<>pP*hX"
     for i, (name, p) in enumerate(baselines.items()):
-        ax.scatter(100 * p["top1"], 100 * p["cmap"], marker=markers[i % len(markers)], s=40, label=name)
+        if name in highlight:
+            ax.scatter(100 * p["top1"], 100 * p["cmap"], marker="*", s=160, edgecolors="black", zorder=3, label=name)
+            ax.annotate(name, (100 * p["top1"], 100 * p["cmap"]), textcoords="offset points", xytext=(6, -10),
+                        fontsize=7, fontweight="bold")
+        else:
+            ax.scatter(100 * p["top1"], 100 * p["cmap"], marker=markers[i % len(markers)], s=40, label=name)
     ax.set_xlabel("action top-1 (%)  higher is better")
     ax.set_ylabel("privacy cMAP (%), stronger attacker; lower is better")
     ax.set_title(title)

@@ -85,7 +85,9 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "adversarial.pt"), "--keep-ratios", "0.5",
                  "--baselines", "raw", "--out", str(tmp_path / "eval")]) == 0
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert set(evaluation["stprivacy"]) == {"0.5"} and set(evaluation["baselines"]) == {"raw"}
+    assert list(evaluation["rows"]) == ["raw", "STPrivacy (alpha=0.5)"]
+    assert evaluation["rows"]["STPrivacy (alpha=0.5)"]["kind"] == "stprivacy"
+    assert set(evaluation["rows"]["STPrivacy (alpha=0.5)"]["attackers"]["video"]["attackers"]) == {"pixels", "mask"}
 
 
 @pytest.mark.parametrize(

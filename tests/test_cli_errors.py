@@ -69,6 +69,8 @@ CASES = {
     "pickle payload": (["anonymize", "{video}", "-o", "{out}/anon.mp4", "--checkpoint", "{evil}"],
                        ["evil.pt", "refusing to load", "could run code"]),
     "torn checkpoint": (["evaluate", "--checkpoint", "{torn}", "--out", "{out}/eval"], ["torn.pt", "truncated or corrupt"]),
+    "missing transformed root": (["evaluate", "--transformed-root", "{root}/no_such_method", "--out", "{out}/eval"],
+                                 ["--transformed-root", "no_such_method", "is not a directory"]),
     "missing input": (["anonymize", "{root}/nothing.mp4", "-o", "{out}/anon.mp4", "--checkpoint", "{good}"],
                       ["nothing.mp4", "does not exist"]),
     "missing checkpoint": (["anonymize", "{video}", "-o", "{out}/anon.mp4", "--checkpoint", "{root}/gone.pt"],

@@ -117,7 +117,9 @@ def test_cli_train_on_hmdb51_then_frame_level_cross_dataset_evaluate(tmp_path, h
                  "--eval-dataset", "ucf101", "--eval-dataset-kwargs", json.dumps(ucf), "--keep-ratios", "0.5",
                  "--baselines", "blacken_faces", "--out", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
-    assert "hmdb51 -> ucf101 (cross-dataset)" in out
+    assert "Evaluation on ucf101, methods trained on hmdb51 (cross-dataset: novel actions)" in out
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert set(evaluation["stprivacy"]) == {"0.5"} and "frame_cmap" in evaluation["stprivacy"]["0.5"]
-    assert evaluation["baselines"]["blacken_faces"]["evaluated_on"] == "ucf101"
+    assert list(evaluation["rows"]) == ["blacken_faces", "STPrivacy (alpha=0.5)"]
+    assert "frame_cmap" in evaluation["rows"]["STPrivacy (alpha=0.5)"]["attackers"]["frame"]
+    assert evaluation["dataset"]["evaluated_on"] == "ucf101" and evaluation["dataset"]["cross_dataset"]
+    assert not (tmp_path / "eval" / "tradeoff.png").exists()  # a frame attacker has no top-1 to plot

@@ -100,6 +100,21 @@ def _decode(path: str | Path) -> Iterator[av.VideoFrame]:
         container.close()
 
 
+def verify_video(path: str | Path) -> VideoInfo:
+    """Decodes every frame once (without converting it to RGB) and checks the stream against its
+    header, by the rule :func:`read_frames` applies: a file that passes can be read at any frame
+    indices its header allows. Costs one decode of the file.
+
+    Raises:
+        VideoDecodeError: the file cannot be opened, fails part way, or is truncated.
+    """
+    info = probe_video(path)
+    decoded = sum(1 for _ in _decode(path))
+    if decoded < math.ceil(info.num_frames * (1 - TRUNCATION_TOLERANCE)):
+        raise VideoDecodeError(f"{path} is truncated: header says {info.num_frames} frames, decoded {decoded}")
+    return info
+
+
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Yields every frame of the first video stream, in order, as ``uint8[H, W, 3]`` RGB.
 

@@ -140,6 +140,14 @@ class VideoClipDataset(Dataset):
 
     collate_fn = staticmethod(collate_videos)
 
+    def with_records(self, records: Sequence[VideoRecord]) -> VideoClipDataset:
+        """Another set of files with this dataset's sampling, class and attribute names (a
+        method's anonymized copies of the videos: :mod:`stprivacy.data.transformed`)."""
+        return VideoClipDataset(records, self.subset, clip_len=self.clip_len, rate=self.rate, crop_size=self.crop_size,
+                                num_clips=self.num_clips, num_crops=self.num_crops,
+                                train_short_side=self.train_short_side, attributes=self.attributes,
+                                classes=self.classes)
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..model import STPrivacy, STPrivacyConfig, VideoClassifier
 from ..model.layers import PIXEL_MEAN, PIXEL_STD
+from ..model.pretrained import load_pretrained_vit
 from .config import TrainConfig
 
 
@@ -100,10 +101,18 @@ class NormalizedRecognizer(nn.Module):
 
 
 def make_recognizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, num_outputs: int, *,
-                    multilabel: bool) -> NormalizedRecognizer:
-    """A fresh ViT recognizer for videos of ``model_cfg``, with ``cfg.recognizer``'s sizes."""
-    return NormalizedRecognizer(
+                    multilabel: bool, init: dict[str, Tensor] | None = None) -> NormalizedRecognizer:
+    """A fresh ViT recognizer for videos of ``model_cfg``, with ``cfg.recognizer``'s sizes.
+
+    ``init``: an ImageNet ViT state dict (``stprivacy.model.pretrained.load_vit_checkpoint``) the
+    recognizer starts from, inflated to video, instead of its random initialization (which is
+    still drawn, so the random stream is the same either way); its head stays random.
+    """
+    recognizer = NormalizedRecognizer(
         VideoClassifier.from_config(model_cfg, num_outputs, multilabel=multilabel, **cfg.recognizer))
+    if init is not None:
+        load_pretrained_vit(recognizer.classifier, init)
+    return recognizer
 
 
 def privacy_adversary_loss(logits: Tensor, privacy: Tensor, kind: str, reduction: str = "mean") -> Tensor:

@@ -97,21 +97,22 @@ def _keep_grid(transform: Anonymizer, dataset: Dataset, device: torch.device) ->
 
 def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: TrainConfig, num_classes: int,
                     num_attributes: int, desc: str = "recognizers", logger: RunLogger | None = None,
-                    state_dir: Path | None = None, resume: bool = False):
+                    state_dir: Path | None = None, resume: bool = False, init: dict[str, Tensor] | None = None):
     """Train a fresh action and a fresh privacy recognizer on transformed training data.
 
     Both see the same batches; each has its own AdamW and cosine schedule (``cfg.eval_epochs``).
     Under torchrun both are DDP-wrapped and each rank trains on its share of every batch. With
     ``state_dir``, rank 0 checkpoints there (``last.pt`` / ``last.prev.pt``) like phases 1-2, and
-    ``resume`` continues from it exactly.
+    ``resume`` continues from it exactly. ``init``: an ImageNet ViT state dict both start from
+    (:func:`stprivacy.train.common.make_recognizer`); None = from scratch, the paper's protocol.
 
     Returns:
         (action_rec, privacy_rec, history)
     """
     phase, accum = "evaluation", cfg.grad_accum_steps
     device = resolve_device(cfg.device)
-    action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
-    privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
+    action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False, init=init)
+    privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True, init=init)
     checkpoint = load_latest(state_dir) if state_dir is not None and resume else None
     if checkpoint is not None:  # before DDP, which broadcasts rank 0's weights when it wraps
         if checkpoint["config"]["train"] != cfg.to_dict():
@@ -217,11 +218,12 @@ def _has_mask(data: TensorDataset) -> bool:
 def attack_transformed(train_data: TensorDataset, test_data: TensorDataset, model_cfg: STPrivacyConfig,
                        cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
                        attackers: tuple[str, ...] = ("pixels",), logger: RunLogger | None = None,
-                       state_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+                       state_dir: Path | None = None, resume: bool = False,
+                       init: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """Fresh recognizers of each kind in ``attackers`` trained on already transformed data
     (:func:`transform_dataset`'s layout) and tested; combined by
     :func:`stprivacy.verdict.combine_attackers`. ``state_dir`` holds one checkpoint folder per
-    attacker."""
+    attacker; ``init``: see :func:`fit_recognizers`."""
     attackers = check_attackers(attackers)
     # Nothing dropped: the mask-aware attacker is the pixel-only one, run once.
     masked = _has_mask(train_data) or _has_mask(test_data)
@@ -231,17 +233,21 @@ def attack_transformed(train_data: TensorDataset, test_data: TensorDataset, mode
         train_view, test_view = ((train_data, test_data) if attacker == "mask"
                                  else (without_mask(train_data), without_mask(test_data)))
         torch.manual_seed(cfg.seed + 1)  # every attacker's recognizers start alike
-        action_rec, privacy_rec, _ = fit_recognizers(
+        action_rec, privacy_rec, history = fit_recognizers(
             train_view, model_cfg, cfg, num_classes, num_attributes, desc=f"{name} [{attacker}]", logger=logger,
-            state_dir=None if state_dir is None else state_dir / attacker, resume=resume)
+            state_dir=None if state_dir is None else state_dir / attacker, resume=resume, init=init)
         results[attacker] = test_recognizers(action_rec, privacy_rec, test_view, cfg)
+        if history["loss_action"]:  # the last epoch's mean losses: did the attacker learn at all?
+            results[attacker]["last_epoch_loss"] = {"action": history["loss_action"][-1],
+                                                    "privacy": history["loss_privacy"][-1]}
     return combine_attackers(results)
 
 
 def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dataset, model_cfg: STPrivacyConfig,
                         cfg: TrainConfig, *, num_classes: int, num_attributes: int, name: str = "anonymizer",
                         attackers: tuple[str, ...] = ("pixels",), logger: RunLogger | None = None,
-                        state_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+                        state_dir: str | Path | None = None, resume: bool = False,
+                        init: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """The whole evaluation protocol for one frozen transform (``logger`` logs the recognizers'
     losses under the phase name ``evaluation/<name>``).
 
@@ -255,6 +261,8 @@ def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dat
         state_dir, resume: with ``state_dir``, the recognizers' checkpoints go to
             ``state_dir/<name>/<attacker>/`` and the result to ``state_dir/<name>/result.json``;
             ``resume`` reuses a finished result and continues an unfinished fit exactly.
+        init: an ImageNet ViT state dict the fresh recognizers start from (a stronger attacker);
+            None = from scratch.
 
     Returns:
         ``{"top1", "f1", "cmap"}`` as fractions, ``"ap"`` (per attribute), ``"privacy_from"`` /
@@ -269,7 +277,7 @@ def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dat
     test_data = transform_dataset(transform, test_set, cfg, desc=f"{name}: transform test")
     result = attack_transformed(train_data, test_data, model_cfg, cfg, num_classes=num_classes,
                                 num_attributes=num_attributes, name=name, attackers=attackers, logger=logger,
-                                state_dir=own_dir, resume=resume)
+                                state_dir=own_dir, resume=resume, init=init)
     keep = test_data.tensors[1]
     result["kept"] = float(keep.mean()) if keep.dim() > 1 else 1.0
     result["seconds"] = time.perf_counter() - t0
