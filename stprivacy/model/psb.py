@@ -46,7 +46,7 @@ def sample_topk(score: Tensor, k: int, generator=None) -> tuple[Tensor, Tensor]:
     before = drawn.cumsum(dim=2, dtype=torch.int32) > drawn.to(torch.int32)  # drawn strictly before j
     remaining = score[:, :, None, :].masked_fill(before, float("-inf")).logsumexp(dim=-1)
     log_prob = (score.gather(-1, order) - remaining).sum(dim=(1, 2))
-    keep = torch.zeros_like(score, dtype=score.dtype).scatter_(-1, order, 1.0).detach()
+    keep = torch.zeros_like(score, requires_grad=False).scatter_(-1, order, 1.0)
     return keep, log_prob
 
 
