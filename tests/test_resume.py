@@ -119,3 +119,27 @@ def test_resume_inside_the_evaluation_phase(tmp_path, capsys):
     for key in ("top1", "f1", "cmap", "kept"):
         assert resumed["evaluation"]["0.7"][key] == report["evaluation"]["0.7"][key], key
     assert read_csv(out / "metrics.csv") == log
+
+
+
+def test_resume_across_a_privacy_recognizer_restart(tmp_path):
+    """TrainConfig.privacy_restart_epochs re-initializes the privacy recognizer at an epoch start
+    from its own random stream: a run resumed from the checkpoint right before the restart (the
+    end of epoch 1) restarts identically, and the restart really replaced the recognizer."""
+    model_cfg = STPrivacyConfig.small(**{k: v for k, v in TINY_MODEL.items() if k != "preset"})
+    base = {**TINY_TRAIN, **RUN, "init_epochs": 0, "adv_epochs": 2, "checkpoint_every": 0, "log": "none"}
+    data = build_dataset("synthetic", "train", {"frames": model_cfg.frames, "image_size": model_cfg.image_size,
+                                                 "tubelet": model_cfg.tubelet}, **base["dataset_kwargs"])
+    sizes = {"num_classes": data.num_classes, "num_attributes": data.num_attributes}
+    cfg = TrainConfig.from_dict({**base, "privacy_restart_epochs": 1})
+    for name, run_cfg in (("full", cfg), ("never", TrainConfig.from_dict(base))):
+        train_anonymizer(model_cfg, run_cfg, data, out_dir=tmp_path / name, **sizes)
+    full, never = load_latest(tmp_path / "full"), load_latest(tmp_path / "never")
+    assert any(not torch.equal(t, never["recognizers"]["privacy"][n])
+               for n, t in full["recognizers"]["privacy"].items())
+    # With checkpoints at epoch ends only, last.prev.pt is the end of epoch 1, before the restart.
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "full" / "last.prev.pt").rename(tmp_path / "cut" / "last.pt")
+    assert load_latest(tmp_path / "cut")["progress"]["epoch"] == 1
+    train_anonymizer(model_cfg, cfg, data, out_dir=tmp_path / "cut", resume=True, **sizes)
+    _assert_same_weights(full, load_latest(tmp_path / "cut"))

@@ -167,6 +167,30 @@ def test_residual_pab_learns_a_change_of_the_pixels():
     assert (out.video[kept.expand_as(out.video) == 0] == 0).all()  # dropped tubelets stay black
 
 
+def test_color_skip_starts_as_the_identity_and_can_remove_a_colour_cast():
+    plain, mixed = make_model(pab_residual=True), make_model(pab_residual=True, pab_color_skip=True)
+    mixed.load_state_dict(plain.state_dict(), strict=False)  # only the skip's weights are new
+    for training in (True, False):
+        video = random_video(plain.cfg)
+        a = plain.train(training)(video, generator=torch.Generator().manual_seed(0)).video
+        b = mixed.train(training)(video, generator=torch.Generator().manual_seed(0)).video
+        assert torch.equal(a, b), training
+    mixed.eval()
+    with torch.no_grad():
+        mixed.pab.color_skip.weight.fill_(1 / 3)  # every channel becomes the channels' mean: grey
+    video = random_video(mixed.cfg)
+    out = mixed(video, 1.0).video
+    torch.testing.assert_close(out, video.mean(dim=1, keepdim=True).expand_as(video))
+    loss = mixed.train()(video, generator=torch.Generator().manual_seed(0)).video.square().sum()
+    loss.backward()
+    assert mixed.pab.color_skip.weight.grad.abs().sum() > 0 and mixed.pab.color_skip.bias.grad.abs().sum() > 0
+
+
+def test_color_skip_needs_the_residual_pab():
+    with pytest.raises(ValueError, match="pab_residual"):
+        STPrivacyConfig.small(pab_color_skip=True)
+
+
 def test_input_standardization():
     on, off = make_model(seed=0, normalize_input=True), make_model(seed=0)
     video = random_video(on.cfg)

@@ -80,6 +80,14 @@ def test_privacy_adversary_losses():
     # The entropy adversary is bounded: at best every attribute is a coin flip.
     assert privacy_adversary_loss(torch.zeros(6, 5), privacy, "entropy") == pytest.approx(-math.log(2))
     assert privacy_adversary_loss(logits.sign() * 20, privacy, "entropy") > -1e-6
+    # The uniform adversary is 0 at coin flips and grows with confidence, right or wrong ...
+    assert privacy_adversary_loss(torch.zeros(6, 5), privacy, "uniform") == pytest.approx(0.0, abs=1e-7)
+    assert privacy_adversary_loss(logits.sign() * 20, privacy, "uniform") == pytest.approx(20 / 2 - math.log(2), abs=1e-4)
+    # ... and its gradient stays sigmoid(logit) - 1/2 where the entropy's vanishes.
+    confident = torch.full((1, 5), 12.0, requires_grad=True)
+    for kind, expected in (("uniform", (torch.sigmoid(torch.tensor(12.0)) - 0.5) / 5), ("entropy", 0.0)):
+        (grad,) = torch.autograd.grad(privacy_adversary_loss(confident, privacy[:1], kind), confident)
+        assert torch.allclose(grad, torch.full_like(grad, float(expected)), atol=1e-4), kind
 
 
 def test_checkpoint_round_trip_is_atomic_and_safe(tmp_path):

@@ -62,6 +62,13 @@ class STPrivacyConfig:
             the identity on kept tubelets) instead of the pixels themselves. The anonymization
             then starts from the actor's own motion instead of from noise, which short runs from
             scratch need.
+        pab_color_skip: with ``pab_residual``, the skip connection passes each input pixel
+            through a learned colour mixing (a ``C x C`` matrix and a bias, as a 1x1x1
+            convolution, initialized to the identity) instead of unchanged. Why: the decoder sees
+            a tubelet only through its ``embed_dim`` token, too narrow to cancel a colour cast
+            pixel by pixel; a recognizer trained afresh then reads the cast's remainder (the
+            benchmark's ``skin_color``). The mixing can remove a cast (or any linear colour
+            feature) everywhere at the cost of C * (C + 1) weights (docs/demo_results.md).
         normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
             statistics every recognizer here uses), before the tokenizer.
         detach_blackening: in training, black out the dropped tubelets of the output with the
@@ -71,7 +78,7 @@ class STPrivacyConfig:
             gradient comes only from where a dropped tubelet really is absent: the masked
             attention of the PSBs, the PAB and the mask-aware recognizers.
 
-    ``pab_residual``, ``normalize_input``, ``detach_blackening``, ``train_sampler="gumbel_topk"``
+    ``pab_residual``, ``pab_color_skip``, ``normalize_input``, ``detach_blackening``, ``train_sampler="gumbel_topk"``
     and ``keep_gradient="score_function"`` are this project's additions, off in :meth:`vit_s`
     (the release has none of them);
     docs/demo_results.md has the measurements behind turning them on for short CPU runs.
@@ -97,6 +104,7 @@ class STPrivacyConfig:
     use_psb: bool = True
     use_pab: bool = True
     pab_residual: bool = False
+    pab_color_skip: bool = False
     normalize_input: bool = False
     detach_blackening: bool = False
 
@@ -126,6 +134,8 @@ class STPrivacyConfig:
             raise ValueError(f"gumbel_tau must be a positive finite float, got {self.gumbel_tau}")
         if self.train_sampler not in TRAIN_SAMPLERS:
             raise ValueError(f"train_sampler must be one of {TRAIN_SAMPLERS}, got {self.train_sampler!r}")
+        if self.pab_color_skip and not self.pab_residual:
+            raise ValueError("pab_color_skip mixes the colours of the PAB's skip connection: it needs pab_residual=True")
         if self.keep_gradient not in KEEP_GRADIENTS:
             raise ValueError(f"keep_gradient must be one of {KEEP_GRADIENTS}, got {self.keep_gradient!r}")
         if not self.mlp_ratio > 0:

@@ -72,6 +72,7 @@ class STPrivacy(nn.Module):
             AnonymizationBlock(
                 D, depth=cfg.pab_depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                 out_dim=cfg.tubelet_pixels, eps=cfg.attn_eps, norm_eps=cfg.norm_eps,
+                color_skip_channels=cfg.in_chans if cfg.pab_color_skip else 0,
             )
             if cfg.use_pab
             else None
@@ -133,7 +134,7 @@ class STPrivacy(nn.Module):
         if self.pab is not None:
             patches = self.pab(x, keep)
             if self.cfg.pab_residual:
-                patches = patches + pixels
+                patches = patches + self._skip(pixels)
         else:
             patches = pixels
         if keep is not None:
@@ -159,13 +160,17 @@ class STPrivacy(nn.Module):
         if self.pab is not None:
             patches = self.pab(x)
             if self.cfg.pab_residual:
-                patches = patches + kept_pixels
+                patches = patches + self._skip(kept_pixels)
         else:
             patches = kept_pixels
         if not pruned:
             return self._to_video(patches), None, masks
         patches = ops.scatter_tokens(patches.contiguous(), index, N)  # dropped tubelets: 0, black
         return self._to_video(patches), masks[-1].view(B, L * N), masks
+
+    def _skip(self, pixels: Tensor) -> Tensor:
+        """The residual PAB's skip connection: the input tubelets, colour-mixed with ``cfg.pab_color_skip``."""
+        return pixels if self.pab.color_skip is None else self.pab.color_skip(pixels)
 
     def _to_video(self, patches: Tensor) -> Tensor:
         return tubelets_to_video(patches, time_steps=self.cfg.time_steps, grid_size=self.cfg.grid_size,

@@ -29,9 +29,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..model import STPrivacy
+from ..model.pretrained import load_pretrained_vit
 from ..progress import progress_bar
-from .common import (backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss, score_function_term, set_lr,
-                     to_device)
+from .common import (backbone_lr, clip_and_step, make_optimizer, make_recognizer, privacy_adversary_loss,
+                     score_function_term, set_lr, to_device)
 from .config import TrainConfig, get_lr, sparsity_warmup
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
                           sync_gradients, usable_on_all_ranks)
@@ -190,6 +191,22 @@ def _trainable(model: STPrivacy, scope: str) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _restart(recognizer: nn.Module, optimizer: torch.optim.Optimizer, model: STPrivacy, cfg: TrainConfig,
+             seed: int) -> None:
+    """Re-initialize ``recognizer`` in place, as :func:`make_recognizer` draws a fresh one, from
+    its own random stream (``seed``: a resumed run restarts identically, and the global stream is
+    untouched), and forget its AdamW moments (``TrainConfig.privacy_restart_epochs``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = make_recognizer(model.cfg, cfg, recognizer.num_classes, multilabel=recognizer.multilabel)
+        if cfg.pretrained:  # as train_anonymizer starts it
+            load_pretrained_vit(fresh.classifier, cfg.pretrained)
+    with torch.no_grad():
+        for p, q in zip(recognizer.parameters(), fresh.parameters(), strict=True):
+            p.copy_(q)
+            optimizer.state.pop(p, None)
+
+
 def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.Module, train_set: Dataset,
                       cfg: TrainConfig, *, save: SaveFn | None, resume: dict[str, Any] | None,
                       logger: RunLogger | None) -> dict[str, list[float]]:
@@ -208,6 +225,9 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
     total, warmup, min_lr = _schedule(cfg, cfg.adv_epochs, len(batches))
     while progress.epoch < cfg.adv_epochs:
         t0 = time.perf_counter()
+        if cfg.privacy_restart_epochs and progress.epoch and progress.batch == 0 \
+                and progress.epoch % cfg.privacy_restart_epochs == 0:
+            _restart(privacy_rec, opt_recognizers, model, cfg, seed=cfg.seed * 7919 + progress.epoch)
         loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
         bar = progress_bar(loader, desc=f"adversarial {progress.epoch + 1}/{cfg.adv_epochs}", initial=progress.batch,
                            unit="batch", total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
@@ -217,7 +237,8 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 continue
             lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
             if learns:
-                set_lr(opt_anonymizer, lr, backbone_lr(lr, progress.step, cfg, len(batches)))
+                scaled = lr * cfg.adversarial_lr_scale
+                set_lr(opt_anonymizer, scaled, backbone_lr(scaled, progress.step, cfg, len(batches)))
             set_lr(opt_recognizers, lr)
             step_values = StepValues(accum)
 

@@ -13,6 +13,7 @@ from ..model.config import dataclass_from_dict
 
 ADVERSARIAL_SCOPES = ("pab", "all")
 INITIALIZATION_SCOPES = ("all", "sparsifier")
+PRIVACY_ADVERSARIES = ("negative_bce", "entropy", "uniform")  # stprivacy.train.common.privacy_adversary_loss
 
 
 @dataclass
@@ -66,7 +67,21 @@ class TrainConfig:
         lambda_action, lambda_privacy: the weights of the adversarial objective (paper: 0.5).
         privacy_adversary: "negative_bce" (the paper's ``- lambda_P L_privacy``) or "entropy"
             (maximize the privacy recognizer's per-attribute entropy, bounded, a common
-            stabilization in adversarial anonymization).
+            stabilization in adversarial anonymization) or "uniform" (push the recognizer's
+            prediction towards a coin flip; its gradient does not vanish where the recognizer is
+            confident); see ``stprivacy.train.common.privacy_adversary_loss``.
+        adversarial_lr_scale: the anonymizer's learning rate in the adversarial phase is this
+            times the schedule's (the recognizers keep the schedule's); 1 = one rate for all.
+            Why: in a short phase 2 the anonymization block, which phase 1 left at its
+            initialization (``initialization_trains="sparsifier"``), moves each weight by about
+            the learning rate per AdamW step, too little to rewrite a colour in a few hundred
+            steps at the recognizers' rate (docs/demo_results.md).
+        privacy_restart_epochs: re-initialize the adversarial phase's privacy recognizer (weights
+            and optimizer state) every this many epochs of phase 2; 0 = never (the paper). Why:
+            an anonymizer that only ever faces one adversary learns to fool that adversary, not to
+            remove the attribute, and a recognizer trained afresh on its output (the evaluation
+            protocol) reads it again; restarting the adversary ("model restarting", Wu et al.,
+            TPAMI 2020) makes it face fresh attackers during training (docs/demo_results.md).
         recognizer: overrides of ``VideoClassifier.from_config`` for every recognizer (e.g.
             ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``); empty = the anonymizer's sizes.
         eval_keep_ratios: deployment keep ratios evaluated in the evaluation phase (paper §4.6);
@@ -108,6 +123,8 @@ class TrainConfig:
     lambda_action: float = 0.5
     lambda_privacy: float = 0.5
     privacy_adversary: str = "negative_bce"
+    adversarial_lr_scale: float = 1.0
+    privacy_restart_epochs: int = 0
     recognizer: dict[str, Any] = field(default_factory=dict)
     eval_keep_ratios: list[float] = field(default_factory=list)
     seed: int = 0
@@ -126,12 +143,14 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed", "checkpoint_every"):
+        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed", "checkpoint_every",
+                     "privacy_restart_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         for name in ("base_lr", "weight_decay", "grad_clip", "warmup_epochs", "sparsity_hold_epochs",
-                     "sparsity_ramp_epochs", "lambda_action", "lambda_privacy", "predictor_warmup_epochs"):
+                     "sparsity_ramp_epochs", "lambda_action", "lambda_privacy", "predictor_warmup_epochs",
+                     "adversarial_lr_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -146,8 +165,8 @@ class TrainConfig:
                              f"got {self.initialization_trains!r}")
         if self.adversarial_trains not in ADVERSARIAL_SCOPES:
             raise ValueError(f"adversarial_trains must be one of {ADVERSARIAL_SCOPES}, got {self.adversarial_trains!r}")
-        if self.privacy_adversary not in ("negative_bce", "entropy"):
-            raise ValueError(f"privacy_adversary must be 'negative_bce' or 'entropy', got {self.privacy_adversary!r}")
+        if self.privacy_adversary not in PRIVACY_ADVERSARIES:
+            raise ValueError(f"privacy_adversary must be one of {PRIVACY_ADVERSARIES}, got {self.privacy_adversary!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.log not in ("none", "csv", "tensorboard"):
