@@ -189,10 +189,11 @@ def test_ablations_train():
     assert bool((no_drop(video).keep == 1).all())
 
 
-@pytest.mark.parametrize("scope", ["pab", "all"])
+@pytest.mark.parametrize("scope", ["pab", "pab_and_predictors", "all"])
 def test_adversarial_phase_trains_what_its_scope_says(scope):
     """The release freezes the sparsification in the adversarial phase: with "pab" only the
-    anonymization block moves; "all" moves the predictors too. The flags come back after."""
+    anonymization block moves; "pab_and_predictors" moves the keep predictors too, "all" also the
+    tokenizer and the PSBs' blocks. The flags come back after."""
     from stprivacy.model import STPrivacy, VideoClassifier
 
     cfg = _tiny_cfg(adv_epochs=1, adversarial_trains=scope)
@@ -205,8 +206,10 @@ def test_adversarial_phase_trains_what_its_scope_says(scope):
     train_adversarial(model, *recognizers, train_set, cfg)
     moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert any(name.startswith("pab.") for name in moved)
-    assert any(".predictor." in name for name in moved) is (scope == "all")
+    assert any(".predictor." in name for name in moved) is (scope != "pab")
     assert all(name.startswith("pab.") for name in moved) is (scope == "pab")
+    assert any(name.startswith("embed.") for name in moved) is (scope == "all")
+    assert all(name.startswith("pab.") or ".predictor." in name for name in moved) is (scope != "all")
     assert all(p.requires_grad for p in model.parameters())
 
 

@@ -178,12 +178,21 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
 @contextlib.contextmanager
 def _trainable(model: STPrivacy, scope: str) -> Iterator[None]:
     """Within the context only the anonymizer parameters of ``scope`` require gradients: "all",
-    "pab" (the anonymization block) or "sparsifier" (everything else); the previous flags come back
-    after it (``TrainConfig.initialization_trains`` / ``adversarial_trains``)."""
+    "pab" (the anonymization block), "pab_and_predictors" (that and the PSBs' keep predictors) or
+    "sparsifier" (everything but the anonymization block); the previous flags come back after it
+    (``TrainConfig.initialization_trains`` / ``adversarial_trains``)."""
+    def in_scope(name: str) -> bool:
+        pab = name.startswith("pab.")
+        if scope == "pab":
+            return pab
+        if scope == "pab_and_predictors":
+            return pab or (name.startswith("psbs.") and ".predictor." in name)
+        return not pab  # "sparsifier"
+
     flags = {p: p.requires_grad for p in model.parameters()}
     if scope != "all":
         for name, p in model.named_parameters():
-            p.requires_grad_(p.requires_grad and name.startswith("pab.") == (scope == "pab"))
+            p.requires_grad_(p.requires_grad and in_scope(name))
     try:
         yield
     finally:

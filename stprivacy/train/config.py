@@ -11,7 +11,7 @@ import torch
 from ..model.config import dataclass_from_dict
 
 
-ADVERSARIAL_SCOPES = ("pab", "all")
+ADVERSARIAL_SCOPES = ("pab", "pab_and_predictors", "all")
 INITIALIZATION_SCOPES = ("all", "sparsifier")
 PRIVACY_ADVERSARIES = ("negative_bce", "entropy", "uniform")  # stprivacy.train.common.privacy_adversary_loss
 
@@ -63,7 +63,11 @@ class TrainConfig:
             anonymization block (its transformer blocks, LayerNorm and pixel head); the tokenizer,
             the PSBs and their predictors stay as phase 1 left them, as the release's
             ``freeze_sparse_blocks_module_selection`` sets it (everything before block 10 and
-            the score predictors frozen). "all": every anonymizer parameter.
+            the score predictors frozen). "pab_and_predictors": the anonymization block and the
+            PSBs' keep predictors, the tokenizer and the PSBs' transformer blocks frozen (with
+            ``keep_gradient="score_function"`` the privacy loss then reaches the predictors, which
+            can learn to drop what the privacy recognizer reads, while the tokens they and the
+            PAB see stay those of phase 1). "all": every anonymizer parameter.
         lambda_action, lambda_privacy: the weights of the adversarial objective (paper: 0.5).
         privacy_adversary: "negative_bce" (the paper's ``- lambda_P L_privacy``) or "entropy"
             (maximize the privacy recognizer's per-attribute entropy, bounded, a common
