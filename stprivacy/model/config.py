@@ -64,11 +64,12 @@ class STPrivacyConfig:
             scratch need.
         pab_color_skip: with ``pab_residual``, the skip connection passes each input pixel
             through a learned colour mixing (a ``C x C`` matrix and a bias, as a 1x1x1
-            convolution, initialized to the identity) instead of unchanged. Why: the decoder sees
-            a tubelet only through its ``embed_dim`` token, too narrow to cancel a colour cast
-            pixel by pixel; a recognizer trained afresh then reads the cast's remainder (the
-            benchmark's ``skin_color``). The mixing can remove a cast (or any linear colour
-            feature) everywhere at the cost of C * (C + 1) weights (docs/demo_results.md).
+            convolution, initialized to the identity) instead of unchanged. The decoder sees a
+            tubelet only through its ``embed_dim`` token, too narrow to cancel a colour cast pixel
+            by pixel; the mixing can remove a cast (or any linear colour feature) everywhere with
+            C * (C + 1) weights. Measured on the benchmark (docs/demo_results.md): set to grey by
+            hand it hides the actor's tint, but the adversarial phase leaves it near the identity,
+            so it is an instrument for studying adversaries, not part of any recipe.
         normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
             statistics every recognizer here uses), before the tokenizer.
         detach_blackening: in training, black out the dropped tubelets of the output with the
@@ -78,8 +79,9 @@ class STPrivacyConfig:
             gradient comes only from where a dropped tubelet really is absent: the masked
             attention of the PSBs, the PAB and the mask-aware recognizers.
 
-    ``pab_residual``, ``pab_color_skip``, ``normalize_input``, ``detach_blackening``, ``train_sampler="gumbel_topk"``
-    and ``keep_gradient="score_function"`` are this project's additions, off in :meth:`vit_s`
+    ``pab_residual``, ``pab_color_skip``, ``normalize_input``, ``detach_blackening``,
+    ``train_sampler="gumbel_topk"`` and ``keep_gradient="score_function"`` are this project's
+    additions, off in :meth:`vit_s`
     (the release has none of them);
     docs/demo_results.md has the measurements behind turning them on for short CPU runs.
     """

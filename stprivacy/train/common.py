@@ -125,9 +125,9 @@ def privacy_adversary_loss(logits: Tensor, privacy: Tensor, kind: str, reduction
     recognizer's prediction against a coin flip, ``BCE(logits, 1/2)`` (the "confusion" loss of
     Alvi et al., ECCV 2018 workshops), shifted by ``-log 2`` so it is bounded below by 0 at the
     same optimum: its gradient in the logits, ``sigmoid(logits) - 1/2``, is largest where the
-    recognizer is confident, where the other two vanish (their gradients carry a factor
-    ``sigmoid' -> 0``), so a recognizer that reads an attribute with certainty keeps pushing the
-    anonymizer. ``reduction="none"`` gives one value per clip (the mean over attributes),
+    recognizer is confident, where the other two vanish (the entropy's carries a factor
+    ``sigmoid' -> 0``, the negative BCE's ``sigmoid - label -> 0`` when the recognizer is right),
+    so a recognizer that reads an attribute with certainty keeps pushing the anonymizer. ``reduction="none"`` gives one value per clip (the mean over attributes),
     ``Tensor[B]``.
     """
     if kind == "uniform":

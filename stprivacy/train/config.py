@@ -76,16 +76,17 @@ class TrainConfig:
             confident); see ``stprivacy.train.common.privacy_adversary_loss``.
         adversarial_lr_scale: the anonymizer's learning rate in the adversarial phase is this
             times the schedule's (the recognizers keep the schedule's); 1 = one rate for all.
-            Why: in a short phase 2 the anonymization block, which phase 1 left at its
-            initialization (``initialization_trains="sparsifier"``), moves each weight by about
-            the learning rate per AdamW step, too little to rewrite a colour in a few hundred
-            steps at the recognizers' rate (docs/demo_results.md).
+            In a short phase 2 the anonymization block, which phase 1 left at its initialization
+            (``initialization_trains="sparsifier"``), moves each weight by about the learning
+            rate per AdamW step. Measured on the benchmark: 10x does not make it hide the actor's
+            tint (docs/demo_results.md).
         privacy_restart_epochs: re-initialize the adversarial phase's privacy recognizer (weights
             and optimizer state) every this many epochs of phase 2; 0 = never (the paper). Why:
             an anonymizer that only ever faces one adversary learns to fool that adversary, not to
             remove the attribute, and a recognizer trained afresh on its output (the evaluation
             protocol) reads it again; restarting the adversary ("model restarting", Wu et al.,
-            TPAMI 2020) makes it face fresh attackers during training (docs/demo_results.md).
+            TPAMI 2020) makes it face fresh attackers during training. Measured on the benchmark
+            (docs/demo_results.md): it does not hide the actor's tint either.
         recognizer: overrides of ``VideoClassifier.from_config`` for every recognizer (e.g.
             ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``); empty = the anonymizer's sizes.
         eval_keep_ratios: deployment keep ratios evaluated in the evaluation phase (paper §4.6);
