@@ -5,10 +5,10 @@ identity after phase 1; cached by ``benchmarks/phase2_probe.py``), trains ``--re
 privacy recognizers on its (sparsified) output until they read the actor's tint, then takes the
 gradient of each adversary loss of phase 2 (summed over the recognizers) with respect to the
 colour skip's 3 x 3 weights, averaged over 8 batches. Prints, per loss, the descent direction and
-its cosine with the direction that removes the tint (``W_cR = W_cB`` for every output channel
-c, reached from the identity by moving towards grey). A cosine near 0 says the adversary's
-gradient does not lead the anonymizer towards hiding the attribute, however long phase 2 runs.
-One thread.
+its cosine with the steepest descent of the tint the skip passes on, ``T = sum_c (W_cR - W_cB)^2``
+(0 exactly when every output channel weighs red and blue alike, so that the benchmark's tint,
+red against blue at equal brightness, cancels). A cosine near 0 says the adversary's gradient
+does not lead the anonymizer towards hiding the attribute, however long phase 2 runs. One thread.
 """
 from __future__ import annotations
 
@@ -51,8 +51,12 @@ def directions(seed: int, recognizers: int, steps: int, cache) -> dict[str, tupl
         losses = _fit(recs[-1], model, videos, privacy, cfg, steps)
         print(f"  recognizer {r}: per-attribute BCE after {steps} steps", " ".join(f"{x:.3f}" for x in losses))
     weight = model.pab.color_skip.weight
-    towards_grey = torch.full_like(weight, 1.0 / weight.shape[0]) - torch.eye(weight.shape[0])
-    towards_grey /= towards_grey.norm()
+    red, blue = 0, 2
+    with torch.no_grad():  # -grad T, T = sum_c (W_cR - W_cB)^2
+        untint = torch.zeros_like(weight)
+        difference = weight[:, red] - weight[:, blue]
+        untint[:, red], untint[:, blue] = -difference, difference
+        untint /= untint.norm()
     g = torch.Generator().manual_seed(1)
     result = {}
     for kind in LOSSES:
@@ -63,7 +67,7 @@ def directions(seed: int, recognizers: int, steps: int, cache) -> dict[str, tupl
             loss = sum(privacy_adversary_loss(rec(out.video, out.keep), privacy[i], kind) for rec in recs)
             grads.append(torch.autograd.grad(loss, weight)[0])
         descent = -torch.stack(grads).mean(0)
-        result[kind] = ((descent / descent.norm()).tolist(), float((descent * towards_grey).sum() / descent.norm()))
+        result[kind] = ((descent / descent.norm()).tolist(), float((descent * untint).sum() / descent.norm()))
     return result
 
 
@@ -80,7 +84,7 @@ def main() -> None:
         print(f"seed {seed}")
         for kind, (direction, cosine) in directions(seed, args.recognizers, args.steps, Path(args.cache)).items():
             rows = "; ".join(" ".join(f"{w:+.2f}" for w in row) for row in direction)
-            print(f"  {kind:>12}: cos(descent, towards grey) {cosine:+.2f}   descent rows R; G; B: {rows}")
+            print(f"  {kind:>12}: cos(descent, tint removal) {cosine:+.2f}   descent rows R; G; B: {rows}")
 
 
 if __name__ == "__main__":
