@@ -7,6 +7,21 @@ the cache when the phase-1 code changes), phase
 2, then the evaluation protocol at the demo's alpha against both attackers. Prints top-1, cMAP
 and the per-attribute AP of the stronger attacker: the STPrivacy row of a demo run in about a
 third of its time. One thread.
+
+Two references replace phase 2, to separate what the anonymization block *can* output from what
+the adversarial phase makes it output:
+
+* ``--fit-grey``: the parameters phase 2 would train (``train.adversarial_trains``) are fitted
+  for as many steps, at phase 2's learning rate, to a supervised target, every kept tubelet's
+  pixels turned grey (each channel the mean of the three). That is the anonymization the tint
+  asks for, given directly: if the block cannot learn it, no adversary can teach it.
+* ``--grey`` (with ``--set model.pab_color_skip=true``): no training, the colour skip of the
+  phase-1 anonymizer set to grey by hand, so the kept tubelets are exactly grey.
+
+Besides the protocol's attackers, the ``tint`` column is the AP of ``skin_color`` for a logistic
+regression (4-fold cross-validated) on seven colour statistics of each clip's kept pixels (the
+mean and standard deviation of each channel, the covariance of red minus blue with the
+brightness): what is left of the tint for even a linear reader of summary statistics.
 """
 from __future__ import annotations
 
@@ -17,14 +32,18 @@ import time
 from pathlib import Path
 
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import cross_val_predict
 
 from stprivacy.commands.demo import FULL, _train_config, apply_overrides
 from stprivacy.data.synthetic import PRIVACY_ATTRIBUTES, materialize
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.seed_table import git_commit, machine
 from stprivacy.train import build_dataset, dataset_sizes, evaluate_stprivacy
-from stprivacy.train.anonymizer import train_adversarial, train_initialization
-from stprivacy.train.common import make_recognizer
+from stprivacy.train.anonymizer import _trainable, train_adversarial, train_initialization
+from stprivacy.train.common import backbone_lr, clip_and_step, make_optimizer, make_recognizer, set_lr
+from stprivacy.train.config import get_lr
 
 # TrainConfig fields that only phase 2 (or 3) reads: changing them reuses the cached phase 1.
 _PHASE2_FIELDS = {"adv_epochs", "eval_epochs", "adversarial_trains", "lambda_action", "lambda_privacy",
@@ -68,13 +87,65 @@ def phase1(seed: int, overrides: list[str], cache: Path):
     return settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, time.perf_counter() - start
 
 
-def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False) -> dict:
-    """Phase 2 (or, with ``grey``, no phase 2 but the colour skip set to grey) and the protocol."""
+def fit_grey(model: STPrivacy, train, cfg) -> list[float]:
+    """Fit what phase 2 trains (``cfg.adversarial_trains``) for phase 2's number of steps and
+    learning rates to make every kept tubelet grey; returns the mean squared error per epoch."""
+    videos = train.tensors[0]
+    batches = len(videos) // cfg.batch_size
+    total, warmup = cfg.adv_epochs * batches, round(cfg.warmup_epochs * batches)
+    peak = cfg.peak_lr * cfg.adversarial_lr_scale
+    order = torch.Generator().manual_seed(cfg.seed)
+    errors = []
+    with _trainable(model, cfg.adversarial_trains):
+        optimizer = make_optimizer([model], cfg)
+        model.train()
+        for step in range(total):
+            lr = get_lr(step, total, peak, warmup, peak * cfg.min_lr_ratio)
+            set_lr(optimizer, lr, backbone_lr(lr, step, cfg, batches))
+            video = videos[torch.randint(len(videos), (cfg.batch_size,), generator=order)]
+            out = model(video, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step))
+            kept = model.keep_to_pixels(out.keep)
+            target = video.mean(dim=1, keepdim=True).expand_as(video)
+            loss = ((out.video - target) ** 2 * kept).sum() / (kept.sum() * video.shape[1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_and_step(optimizer, cfg)
+            errors.append(loss.item())
+    return [sum(errors[i:i + batches]) / len(errors[i:i + batches]) for i in range(0, total, batches)]
+
+
+def tint_leak(model: STPrivacy, test) -> float:
+    """AP of a cross-validated logistic regression reading ``skin_color`` from seven colour
+    statistics of each test clip's kept pixels (see the module docstring)."""
+    video, privacy = test.tensors[0], test.tensors[2][:, PRIVACY_ATTRIBUTES.index("skin_color")]
+    with torch.no_grad():
+        out = model.eval()(video)
+    kept = model.keep_to_pixels(out.keep)  # [B, 1, T, H, W]
+    count = kept.sum(dim=(2, 3, 4)).clamp(min=1)  # [B, 1]
+    mean = (out.video * kept).sum(dim=(2, 3, 4)) / count  # [B, 3]
+    centred = (out.video - mean[..., None, None, None]) * kept
+    std = (centred.pow(2).sum(dim=(2, 3, 4)) / count).sqrt()
+    cov = ((centred[:, 0] - centred[:, 2]) * centred.mean(dim=1)).sum(dim=(1, 2, 3)) / count[:, 0]
+    features = torch.cat([mean, std, cov[:, None]], dim=1).double().numpy()
+    labels = privacy.numpy()
+    if min(labels.sum(), len(labels) - labels.sum()) < 4:  # too few clips of one value for 4 folds
+        return float("nan")
+    features = (features - features.mean(0)) / (features.std(0) + 1e-12)
+    scores = cross_val_predict(LogisticRegression(max_iter=2000), features, labels, cv=4,
+                               method="predict_proba")[:, 1]
+    return float(average_precision_score(labels, scores))
+
+
+def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False, supervised_grey: bool = False) -> dict:
+    """Phase 2 (or, with ``grey``, no phase 2 but the colour skip set to grey; with
+    ``supervised_grey``, :func:`fit_grey` instead of phase 2) and the protocol."""
     settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, seconds = phase1(seed, overrides, cache)
     num_classes, num_attributes = action_rec.num_classes, privacy_rec.num_classes
     t1 = time.perf_counter()
     history = {"loss_privacy": []}
-    if grey:
+    if supervised_grey:
+        history = {"loss_privacy": [], "grey_mse": fit_grey(model, train, cfg)}
+    elif grey:
         if model.pab is None or model.pab.color_skip is None:
             raise SystemExit("--grey needs --set model.pab_color_skip=true")
         with torch.no_grad():  # every output channel the mean of the input's: no colour left
@@ -87,6 +158,7 @@ def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False) -> d
     t3 = time.perf_counter()
     skip = model.pab.color_skip if model.pab is not None else None
     return row | {"seconds": (seconds, t2 - t1, t3 - t2), "loss_privacy": history["loss_privacy"],
+                  "grey_mse": history.get("grey_mse"), "tint_leak": tint_leak(model, test),
                   "color_skip": None if skip is None else skip.weight.detach().tolist()}
 
 
@@ -96,19 +168,24 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--grey", action="store_true",
                         help="no phase 2: set the phase-1 anonymizer's colour skip to grey (model.pab_color_skip)")
+    parser.add_argument("--fit-grey", action="store_true",
+                        help="no phase 2: fit what it trains to make the kept tubelets grey (a supervised reference)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stpriv_phase1_cache"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"commit {git_commit()}, {machine()['cpu']}, 1 thread; demo recipe with {args.overrides or 'no change'}")
     names = " ".join(f"{a[:6]:>6}" for a in PRIVACY_ATTRIBUTES)
-    print(f"{'seed':>4} {'top-1':>6} {'cMAP':>6} {'from':>6}  AP: {names}   s (phase 1 / 2 / 3)")
+    print(f"{'seed':>4} {'top-1':>6} {'cMAP':>6} {'from':>6}  AP: {names}   tint   s (phase 1 / 2 / 3)")
     for seed in args.seeds:
-        r = probe(seed, args.overrides, args.cache, grey=args.grey)
+        r = probe(seed, args.overrides, args.cache, grey=args.grey, supervised_grey=args.fit_grey)
         ap = " ".join(f"{100 * a:6.1f}" for a in r["ap"])
         s = " / ".join(f"{x:.0f}" for x in r["seconds"])
-        print(f"{seed:>4} {100 * r['top1']:6.1f} {100 * r['cmap']:6.1f} {r['privacy_from']:>6}      {ap}   {s}",
-              flush=True)
-        print("     phase-2 privacy recognizer's loss per epoch:", " ".join(f"{x:.3f}" for x in r["loss_privacy"]))
+        print(f"{seed:>4} {100 * r['top1']:6.1f} {100 * r['cmap']:6.1f} {r['privacy_from']:>6}      {ap}  "
+              f"{100 * r['tint_leak']:5.1f}   {s}", flush=True)
+        if r["grey_mse"] is not None:
+            print("     squared error to grey per epoch:", " ".join(f"{x:.4f}" for x in r["grey_mse"]))
+        else:
+            print("     phase-2 privacy recognizer's loss per epoch:", " ".join(f"{x:.3f}" for x in r["loss_privacy"]))
         if r["color_skip"] is not None:
             print("     colour skip weights:", [[round(w, 2) for w in row] for row in r["color_skip"]], flush=True)
 
