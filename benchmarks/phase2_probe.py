@@ -36,7 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import cross_val_predict
 
-from stprivacy.commands.demo import FULL, _train_config, apply_overrides
+from stprivacy.commands.demo import FULL, TINY, _train_config, apply_overrides
 from stprivacy.data.synthetic import PRIVACY_ATTRIBUTES, materialize
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.seed_table import git_commit, machine
@@ -50,10 +50,11 @@ _PHASE2_FIELDS = {"adv_epochs", "eval_epochs", "adversarial_trains", "lambda_act
                   "privacy_adversary", "privacy_restart_epochs", "adversarial_lr_scale", "eval_keep_ratios"}
 
 
-def phase1(seed: int, overrides: list[str], cache: Path):
+def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     """The demo recipe's data, configs and phase-1 models for ``seed`` (phase 1 run once and cached):
-    ``(settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, seconds)``."""
-    settings = apply_overrides(FULL, overrides)
+    ``(settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, seconds)``; ``tiny``:
+    the demo's seconds-long smoke settings instead."""
+    settings = apply_overrides(TINY if tiny else FULL, overrides)
     model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
     cfg = _train_config(settings, seed, progress=False)
     geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
@@ -136,10 +137,12 @@ def tint_leak(model: STPrivacy, test) -> float:
     return float(average_precision_score(labels, scores))
 
 
-def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False, supervised_grey: bool = False) -> dict:
+def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False, supervised_grey: bool = False,
+          tiny: bool = False) -> dict:
     """Phase 2 (or, with ``grey``, no phase 2 but the colour skip set to grey; with
     ``supervised_grey``, :func:`fit_grey` instead of phase 2) and the protocol."""
-    settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, seconds = phase1(seed, overrides, cache)
+    settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, seconds = phase1(seed, overrides, cache,
+                                                                                           tiny)
     num_classes, num_attributes = action_rec.num_classes, privacy_rec.num_classes
     t1 = time.perf_counter()
     history = {"loss_privacy": []}

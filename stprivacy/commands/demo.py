@@ -62,7 +62,8 @@ class DemoSettings:
 
 # Why these choices (each measured, docs/demo_results.md): training from scratch in a few hundred
 # steps needs the sparsification warm-up (random deployment-size subsets for 6 epochs, then the
-# predictors take over during 6), the exact-budget Gumbel top-k sampler at temperature 3, a PAB that
+# predictors take over during 6), the exact-budget Gumbel top-k sampler with the score-function keep
+# gradient (the straight-through one pushed the predictors off the actor), a PAB that
 # starts as the identity (residual) and stays so in phase 1 (the predictors learn on the sparsified
 # video; the PAB learns in the adversarial phase, the sparsifier frozen then as in the release),
 # standardized input, a blackening without gradient, a bounded privacy adversary, and lr

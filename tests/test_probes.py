@@ -1,0 +1,58 @@
+"""The phase-2 probe's references (``benchmarks/phase2_probe.py``): the colour-statistics reader
+of the tint reads an unchanged video and not a grey one, and the supervised grey fit learns."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from stprivacy.data.synthetic import SyntheticVideos, materialize
+from stprivacy.model import STPrivacy, STPrivacyConfig
+from train_fixtures import one_thread
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+def _probe_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "phase2_probe.py"
+    spec = importlib.util.spec_from_file_location("phase2_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tint_reader_reads_the_raw_actor_and_not_a_grey_one():
+    probe = _probe_module()
+    torch.manual_seed(0)
+    test = materialize(SyntheticVideos("test", 160, seed=3))
+    # No sparsification, a residual PAB with a zero head: the output is the input, tint and all.
+    model = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, use_psb=False, pab_residual=True,
+                                            pab_color_skip=True))
+    raw = probe.tint_leak(model, test)
+    with torch.no_grad():
+        model.pab.color_skip.weight.fill_(1 / 3)  # every channel the mean of the three: no colour left
+    grey = probe.tint_leak(model, test)
+    assert raw > 0.9, f"raw video: tint AP {raw:.3f}"
+    assert grey < 0.7, f"grey video: tint AP {grey:.3f}"
+
+
+def test_fit_grey_brings_the_kept_tubelets_closer_to_grey(tmp_path):
+    probe = _probe_module()
+    settings, model_cfg, cfg, train, test, model, *_ = probe.phase1(0, ["demo.adv_epochs=20"], tmp_path, tiny=True)
+    videos = train.tensors[0]
+
+    def error() -> float:
+        with torch.no_grad():
+            out = model.eval()(videos)
+        kept = model.keep_to_pixels(out.keep)
+        grey = videos.mean(dim=1, keepdim=True)
+        return float(((out.video - grey) ** 2 * kept).sum() / (kept.sum() * 3))
+
+    before = error()
+    per_epoch = probe.fit_grey(model, train, cfg)
+    after = error()
+    assert len(per_epoch) == 20 and all(math.isfinite(e) for e in per_epoch)
+    assert after < 0.8 * before, (before, after)
