@@ -35,7 +35,7 @@ from ..model import STPrivacy, STPrivacyConfig
 from ..protocols import add_protocol_arguments
 from ..train import TrainConfig, load_checkpoint
 from ..train.checkpoint import CheckpointError
-from ..train.distributed import init_from_env, is_main, shutdown
+from ..train.distributed import barrier, init_from_env, is_main, shutdown
 from .train import add_run_arguments, apply_run_arguments, load_run_config
 
 
@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_run_arguments(cfg, args)
     init_from_env(cfg.device)  # under torchrun the in-memory protocol trains the attackers with DDP
     try:
-        return _evaluate(args, model, model_cfg, cfg, roots)
+        code = _evaluate(args, model, model_cfg, cfg, roots)
+        barrier()  # leave together: gloo aborts a rank whose peer has already torn the group down
+        return code
     finally:
         shutdown()
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError, InputNotFoundError, UsageError
 from ..model import STPrivacyConfig
 from ..protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
-from ..train.distributed import init_from_env, is_main, shutdown
+from ..train.distributed import barrier, init_from_env, is_main, shutdown
 from ..train.run_log import RunLogger
 
 PRESETS = {"small": STPrivacyConfig.small, "vit_s": STPrivacyConfig.vit_s}
@@ -161,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_run_arguments(cfg, args)
     init_from_env(cfg.device)
     try:
-        return _train(args, model_cfg, cfg)
+        code = _train(args, model_cfg, cfg)
+        barrier()  # leave together: gloo aborts a rank whose peer has already torn the group down
+        return code
     finally:
         shutdown()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator, Sequence
 
@@ -84,7 +85,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def shutdown() -> None:
+    """Leave the process group. DDP wrappers that are no longer used but not yet collected keep
+    gloo work objects alive; freed during interpreter teardown instead, they abort the process
+    ("terminate called without an active exception") after a finished run, so collect them while
+    the interpreter is whole."""
     if is_distributed():
+        gc.collect()
         dist.destroy_process_group()
 
 
