@@ -105,14 +105,20 @@ def fit_grey(model: STPrivacy, train, cfg) -> list[float]:
             set_lr(optimizer, lr, backbone_lr(lr, step, cfg, batches))
             video = videos[torch.randint(len(videos), (cfg.batch_size,), generator=order)]
             out = model(video, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step))
-            kept = model.keep_to_pixels(out.keep)
-            target = video.mean(dim=1, keepdim=True).expand_as(video)
-            loss = ((out.video - target) ** 2 * kept).sum() / (kept.sum() * video.shape[1])
+            loss = grey_error(model, out, video)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_and_step(optimizer, cfg)
             errors.append(loss.item())
-    return [sum(errors[i:i + batches]) / len(errors[i:i + batches]) for i in range(0, total, batches)]
+    return [sum(errors[i:i + batches]) / batches for i in range(0, total, batches)]
+
+
+def grey_error(model: STPrivacy, out, video: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the kept tubelets of ``out`` and the same pixels of
+    ``video`` turned grey (each channel the mean of the three)."""
+    kept = model.keep_to_pixels(out.keep)
+    grey = video.mean(dim=1, keepdim=True)
+    return ((out.video - grey) ** 2 * kept).sum() / (kept.sum() * video.shape[1])
 
 
 def tint_leak(model: STPrivacy, test) -> float:

@@ -46,10 +46,7 @@ def test_fit_grey_brings_the_kept_tubelets_closer_to_grey(tmp_path):
 
     def error() -> float:
         with torch.no_grad():
-            out = model.eval()(videos)
-        kept = model.keep_to_pixels(out.keep)
-        grey = videos.mean(dim=1, keepdim=True)
-        return float(((out.video - grey) ** 2 * kept).sum() / (kept.sum() * 3))
+            return float(probe.grey_error(model, model.eval()(videos), videos))
 
     before = error()
     per_epoch = probe.fit_grey(model, train, cfg)

@@ -117,9 +117,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_run_arguments(cfg, args)
     init_from_env(cfg.device)  # under torchrun the in-memory protocol trains the attackers with DDP
     try:
-        code = _evaluate(args, model, model_cfg, cfg, roots)
-        barrier()  # leave together: gloo aborts a rank whose peer has already torn the group down
-        return code
+        return _evaluate(args, model, model_cfg, cfg, roots)
     finally:
         shutdown()
 
@@ -130,7 +128,8 @@ def _evaluate(args: argparse.Namespace, model: STPrivacy | None, model_cfg: STPr
     name = args.eval_dataset or cfg.dataset
     kwargs = (args.eval_dataset_kwargs or {}) if args.eval_dataset else cfg.dataset_kwargs
     train_set, test_set, name = build_splits(name, model_cfg, cfg, kwargs)
-    if (hasattr(train_set, "collate_fn") or "frame" in args.protocol) and not is_main():
+    streaming = hasattr(train_set, "collate_fn") or "frame" in args.protocol
+    if streaming and not is_main():
         return 0  # the streaming protocols are not sharded: rank 0 runs them alone
     methods = [baseline_method(b, model_cfg, train_set, test_set) for b in args.baselines]
     if model is not None:
@@ -158,6 +157,8 @@ def _evaluate(args: argparse.Namespace, model: STPrivacy | None, model_cfg: STPr
     attackers = attacker_names(args.protocol, imagenet=args.imagenet_vit is not None)
     evaluation = evaluate_methods(methods, model_cfg, cfg, attackers=attackers, imagenet_vit=args.imagenet_vit,
                                   trained_on=cfg.dataset, evaluated_on=name, on_result=show)
+    if not streaming:
+        barrier()  # every rank is here: leave together (gloo aborts a rank whose peer tore the group down)
     if not is_main():
         return 0
     evaluation["command"] = shlex.join(["stprivacy", *getattr(args, "argv", [])])

@@ -161,9 +161,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_run_arguments(cfg, args)
     init_from_env(cfg.device)
     try:
-        code = _train(args, model_cfg, cfg)
-        barrier()  # leave together: gloo aborts a rank whose peer has already torn the group down
-        return code
+        return _train(args, model_cfg, cfg)
     finally:
         shutdown()
 
@@ -176,9 +174,11 @@ def _train(args: argparse.Namespace, model_cfg: STPrivacyConfig, cfg: TrainConfi
     model, history = train_anonymizer(model_cfg, cfg, train_set, num_classes=num_classes,
                                       num_attributes=num_attributes, out_dir=args.out, resume=args.resume)
     report: dict[str, Any] = {"config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, "history": history}
+    # Real videos, frame-level or cross-dataset: stprivacy.protocols, which are not sharded (rank 0 runs them alone).
+    streaming = not args.skip_evaluation and uses_protocols(args, train_set)
     if not args.skip_evaluation:
-        if uses_protocols(args, train_set):  # real videos, frame-level or cross-dataset: stprivacy.protocols
-            if not is_main():  # the streaming protocols are not sharded: rank 0 runs them alone
+        if streaming:
+            if not is_main():
                 return 0
             report["evaluation"] = evaluate_with_protocol(model, cfg, args, train_set, test_set)
             print(format_results(report["evaluation"]))
@@ -192,6 +192,8 @@ def _train(args: argparse.Namespace, model_cfg: STPrivacyConfig, cfg: TrainConfi
                 logger.close()
             if is_main():
                 print_results(report["evaluation"])
+    if not streaming:
+        barrier()  # every rank is here: leave together (gloo aborts a rank whose peer tore the group down)
     if is_main():
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         print(f"checkpoints and report.json written to {args.out}")
