@@ -67,9 +67,10 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
     privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
     phase1_fields = {k: v for k, v in cfg.to_dict().items() if k not in _PHASE2_FIELDS and k != "progress"}
-    # The colour skip starts as the identity and phase 1 (initialization_trains="sparsifier") leaves
-    # the PAB as initialized, so phase 1 is the same with or without it.
-    model_fields = {k: v for k, v in model_cfg.to_dict().items() if k != "pab_color_skip"}
+    # The colour skip and the filter start as the identity and phase 1 (initialization_trains=
+    # "sparsifier") leaves the PAB as initialized, so phase 1 is the same with or without them.
+    model_fields = {k: v for k, v in model_cfg.to_dict().items()
+                    if k not in ("pab_color_skip", "pab_filter", "pab_filter_sigma")}
     key = hashlib.sha256(json.dumps([model_fields, phase1_fields], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     path = cache / f"seed{seed}_{key}.pt"
@@ -77,7 +78,7 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     if path.exists():
         state = torch.load(path, weights_only=True)
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        assert not unexpected and all(".color_skip." in k for k in missing), (missing, unexpected)
+        assert not unexpected and all(".color_skip." in k or ".filter." in k for k in missing), (missing, unexpected)
         action_rec.load_state_dict(state["action"])
         torch.set_rng_state(state["rng"])
     else:

@@ -191,6 +191,63 @@ def test_color_skip_needs_the_residual_pab():
         STPrivacyConfig.small(pab_color_skip=True)
 
 
+def test_filter_starts_as_the_identity_and_its_gates_grey_and_blur():
+    plain, filtered = make_model(pab_residual=True), make_model(pab_residual=True, pab_filter=True)
+    assert set(filtered.state_dict()) - set(plain.state_dict()) == {"pab.filter.weight", "pab.filter.bias"}
+    filtered.load_state_dict(plain.state_dict(), strict=False)  # the same draws built both models
+    for training in (True, False):
+        video = random_video(plain.cfg)
+        a = plain.train(training)(video, generator=torch.Generator().manual_seed(0)).video
+        b = filtered.train(training)(video, generator=torch.Generator().manual_seed(0)).video
+        assert torch.equal(a, b), training
+    filtered.eval()
+    video = random_video(filtered.cfg)
+    with torch.no_grad():
+        filtered.pab.filter.bias.copy_(torch.tensor([1.0, 0.0]))  # desaturate fully, no blur
+        grey = filtered(video, 1.0).video
+        torch.testing.assert_close(grey, video.mean(dim=1, keepdim=True).expand_as(video))
+        filtered.pab.filter.bias.copy_(torch.tensor([0.0, 1.0]))  # blur fully, keep the colours
+        blurred = filtered(video, 1.0).video
+        flat = torch.full_like(video, 0.3)
+        torch.testing.assert_close(filtered(flat, 1.0).video, flat)  # a flat tubelet stays flat
+    assert blurred.diff(dim=-1).abs().mean() < 0.6 * video.diff(dim=-1).abs().mean()  # less fine detail
+    with torch.no_grad():  # gates beyond [0, 1] act as the nearest end
+        filtered.pab.filter.bias.copy_(torch.tensor([3.0, -2.0]))
+        torch.testing.assert_close(filtered(video, 1.0).video, grey)
+
+
+def test_filter_gates_learn_from_the_loss_even_at_their_ends():
+    model = make_model(pab_residual=True, pab_filter=True).train()
+    video = random_video(model.cfg)
+    for bias in (0.0, -1.0, 2.0):  # inside, below and above [0, 1]
+        model.zero_grad()
+        with torch.no_grad():
+            model.pab.filter.bias.fill_(bias)
+        model(video, generator=torch.Generator().manual_seed(0)).video.square().sum().backward()
+        grad = model.pab.filter.bias.grad
+        assert grad is not None and (grad.abs() > 0).all(), (bias, grad)
+
+
+def test_filter_blur_matrix_is_a_replicate_padded_gaussian():
+    from stprivacy.model.pab import _blur_matrix
+    import torch.nn.functional as F
+    size, sigma = 8, 1.5
+    matrix = _blur_matrix(size, sigma)
+    torch.testing.assert_close(matrix.sum(dim=1), torch.ones(size))
+    r = 5  # ceil(3 sigma)
+    taps = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma ** 2))
+    signal = torch.rand(1, 1, size)
+    reference = F.conv1d(F.pad(signal, (r, r), mode="replicate"), (taps / taps.sum()).view(1, 1, -1))
+    torch.testing.assert_close(signal @ matrix.T, reference)
+
+
+def test_filter_needs_the_residual_pab_and_a_positive_sigma():
+    with pytest.raises(ValueError, match="pab_residual"):
+        STPrivacyConfig.small(pab_filter=True)
+    with pytest.raises(ValueError, match="pab_filter_sigma"):
+        STPrivacyConfig.small(pab_residual=True, pab_filter=True, pab_filter_sigma=0.0)
+
+
 def test_input_standardization():
     on, off = make_model(seed=0, normalize_input=True), make_model(seed=0)
     video = random_video(on.cfg)

@@ -73,6 +73,8 @@ class STPrivacy(nn.Module):
                 D, depth=cfg.pab_depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                 out_dim=cfg.tubelet_pixels, eps=cfg.attn_eps, norm_eps=cfg.norm_eps,
                 color_skip_channels=cfg.in_chans if cfg.pab_color_skip else 0,
+                filter_shape=(cfg.in_chans, *cfg.tubelet) if cfg.pab_filter else None,
+                filter_sigma=cfg.pab_filter_sigma,
             )
             if cfg.use_pab
             else None
@@ -132,9 +134,7 @@ class STPrivacy(nn.Module):
                 masks.append(x.new_ones(B, L, N) if keep is None else keep.view(B, L, N))
         pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
         if self.pab is not None:
-            patches = self.pab(x, keep)
-            if self.cfg.pab_residual:
-                patches = patches + self._skip(pixels)
+            patches = self.pab(x, keep, pixels if self.cfg.pab_residual else None)
         else:
             patches = pixels
         if keep is not None:
@@ -158,19 +158,13 @@ class STPrivacy(nn.Module):
         pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
         kept_pixels = ops.gather_tokens(pixels, index) if pruned else pixels
         if self.pab is not None:
-            patches = self.pab(x)
-            if self.cfg.pab_residual:
-                patches = patches + self._skip(kept_pixels)
+            patches = self.pab(x, pixels=kept_pixels if self.cfg.pab_residual else None)
         else:
             patches = kept_pixels
         if not pruned:
             return self._to_video(patches), None, masks
         patches = ops.scatter_tokens(patches.contiguous(), index, N)  # dropped tubelets: 0, black
         return self._to_video(patches), masks[-1].view(B, L * N), masks
-
-    def _skip(self, pixels: Tensor) -> Tensor:
-        """The residual PAB's skip connection: the input tubelets, colour-mixed with ``cfg.pab_color_skip``."""
-        return pixels if self.pab.color_skip is None else self.pab.color_skip(pixels)
 
     def _to_video(self, patches: Tensor) -> Tensor:
         return tubelets_to_video(patches, time_steps=self.cfg.time_steps, grid_size=self.cfg.grid_size,

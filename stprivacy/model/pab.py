@@ -1,7 +1,10 @@
 """The privacy anonymization block (PAB, paper §3.3): transformer blocks decoding tokens to pixels."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Block
@@ -17,7 +20,8 @@ class AnonymizationBlock(nn.Module):
     """
 
     def __init__(self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, out_dim: int,
-                 eps: float = 1e-6, norm_eps: float = 1e-6, color_skip_channels: int = 0):
+                 eps: float = 1e-6, norm_eps: float = 1e-6, color_skip_channels: int = 0,
+                 filter_shape: tuple[int, int, int, int] | None = None, filter_sigma: float = 1.5):
         super().__init__()
         self.blocks = nn.ModuleList(
             Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eps=eps, norm_eps=norm_eps)
@@ -27,14 +31,28 @@ class AnonymizationBlock(nn.Module):
         self.head = nn.Linear(dim, out_dim)
         # STPrivacyConfig.pab_color_skip: the residual skip's colour mixing (None: the identity).
         self.color_skip = ColorSkip(color_skip_channels) if color_skip_channels else None
+        # STPrivacyConfig.pab_filter: per-token desaturation and blur of the skip connection.
+        self.filter = TubeletFilter(dim, filter_shape, filter_sigma) if filter_shape else None
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None, pixels: Tensor | None = None) -> Tensor:
         """``x: Tensor[B, M, D]`` and ``keep: Tensor[B, M]`` (None: every token is kept)
         -> ``Tensor[B, M, out_dim]``, the pixels of each token's tubelet (dropped tokens' rows
-        are computed but meaningless; the caller blacks them out)."""
+        are computed but meaningless; the caller blacks them out).
+
+        ``pixels: Tensor[B, M, out_dim]``, each token's input tubelet, makes the block residual
+        (``STPrivacyConfig.pab_residual``): the head's output is added to the skip connection,
+        the tubelet itself, colour-mixed and filtered when those options are on."""
         for blk in self.blocks:
             x = blk(x, keep)
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        out = self.head(x)
+        if pixels is None:
+            return out
+        if self.color_skip is not None:
+            pixels = self.color_skip(pixels)
+        if self.filter is not None:
+            pixels = self.filter(pixels, x)
+        return out + pixels
 
 
 class ColorSkip(nn.Module):
@@ -52,3 +70,67 @@ class ColorSkip(nn.Module):
         rows = pixels.unflatten(-1, (self.channels, -1))
         mixed = torch.einsum("dc,bmcp->bmdp", self.weight, rows) + self.bias[:, None]
         return mixed.flatten(-2)
+
+
+class TubeletFilter(nn.Module):
+    """The skip connection's per-token filter of ``STPrivacyConfig.pab_filter``.
+
+    From its decoded token, each tubelet gets two gates in [0, 1]: how far to desaturate it
+    (towards the mean of its channels) and how far to blur it (towards a Gaussian blur of each of
+    its frames, within the tubelet only, so nothing of a dropped neighbour leaks in). The gates
+    are a Linear of the token clamped to [0, 1]; the Linear starts at zero, so the filter is the
+    identity at initialization, and it is a raw parameter (not an ``nn.Linear``) so that turning
+    the option on draws nothing from the random stream that builds the other modules. The clamp
+    passes its gradient straight through at both ends: with a plain clamp a gate that one noisy
+    step pushed below 0 never moved again (seen on one seed of ten in a probe run).
+
+    Why gates and not more pixels: desaturating or blurring a textured tubelet changes every
+    pixel in step with the texture, which the head cannot output through one token (measured in
+    docs/demo_results.md), while a gate is one number whose adversarial gradient has the same
+    sign for every clip (any colour cast or fine marking shrinks as it grows), where the
+    gradients on a global colour mixing cancel between opposite casts.
+    """
+
+    def __init__(self, dim: int, shape: tuple[int, int, int, int], sigma: float):
+        super().__init__()
+        self.shape = tuple(shape)  # (C, dT, dH, dW) of one tubelet, the channel-major row layout
+        self.weight = nn.Parameter(torch.zeros(2, dim))
+        self.bias = nn.Parameter(torch.zeros(2))
+        _, _, dh, dw = self.shape
+        self.register_buffer("blur_h", _blur_matrix(dh, sigma), persistent=False)
+        self.register_buffer("blur_w", _blur_matrix(dw, sigma), persistent=False)
+
+    def gates(self, tokens: Tensor) -> Tensor:
+        """``Tensor[B, M, D]`` -> ``Tensor[B, M, 2]``: (desaturation, blur), each in [0, 1] (the
+        gradient of the unclamped value)."""
+        z = F.linear(tokens, self.weight, self.bias)
+        return z + (z.clamp(0.0, 1.0) - z).detach()
+
+    def blur(self, rows: Tensor) -> Tensor:
+        """Gaussian blur of every frame of every tubelet, replicate-padded at its borders:
+        ``Tensor[B, M, C, dT, dH, dW]`` -> same shape (two small matrix products)."""
+        return torch.einsum("yh,bmcthw,xw->bmctyx", self.blur_h.to(rows.dtype), rows, self.blur_w.to(rows.dtype))
+
+    def forward(self, pixels: Tensor, tokens: Tensor) -> Tensor:
+        """``pixels: Tensor[B, M, C*dT*dH*dW]`` (channel-major rows) and the decoded ``tokens:
+        Tensor[B, M, D]`` -> the filtered pixels, same shape."""
+        gates = self.gates(tokens)
+        rows = pixels.unflatten(-1, self.shape)
+        grey = rows.mean(dim=2, keepdim=True)
+        rows = rows + gates[..., 0, None, None, None, None] * (grey - rows)
+        rows = rows + gates[..., 1, None, None, None, None] * (self.blur(rows) - rows)
+        return rows.flatten(-4)
+
+
+def _blur_matrix(size: int, sigma: float) -> Tensor:
+    """The 1-D Gaussian blur of ``size`` samples with replicate padding as a matrix
+    ``Tensor[size, size]`` (row i: the weights of every input sample in output sample i)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    taps = taps / taps.sum()
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    for i in range(size):
+        for tap, offset in zip(taps.tolist(), range(-radius, radius + 1)):
+            matrix[i, min(max(i + offset, 0), size - 1)] += tap
+    return matrix.float()
