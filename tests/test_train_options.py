@@ -197,3 +197,36 @@ def test_backbone_learning_rate_is_capped_and_warmed_up():
 def test_release_rules_reject_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         _release_rules_config(**{field: value})
+
+
+def test_privacy_steps_update_only_the_privacy_recognizer_again():
+    """TrainConfig.privacy_steps: after one phase-2 batch, k steps leave the action recognizer and
+    the anonymizer as one step does, and fit the privacy recognizer further on that batch."""
+    from stprivacy.train.anonymizer import train_adversarial
+
+    cfg = _cfg(dataset_kwargs={"train_videos": 8, "test_videos": 8}, adv_epochs=1, log="none")
+    data = _data(cfg)
+    video, action, privacy = collate_videos([data[i] for i in range(len(data))])
+
+    def run(steps: int):
+        torch.manual_seed(0)
+        model = STPrivacy(MODEL)
+        action_rec = make_recognizer(MODEL, cfg, data.num_classes, multilabel=False)
+        privacy_rec = make_recognizer(MODEL, cfg, data.num_attributes, multilabel=True)
+        before = {k: v.clone() for k, v in privacy_rec.state_dict().items()}
+        train_adversarial(model, action_rec, privacy_rec, data, dataclasses.replace(cfg, privacy_steps=steps))
+        with torch.no_grad():
+            anonymized = model.eval()(video)
+            loss = nn.functional.binary_cross_entropy_with_logits(privacy_rec.eval()(anonymized.video, anonymized.keep),
+                                                                  privacy.float())
+        return model, action_rec, privacy_rec, before, loss
+
+    one = run(1)
+    three = run(3)
+    for a, b in ((one[0], three[0]), (one[1], three[1])):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    assert any(not torch.equal(x, y) for x, y in zip(one[2].state_dict().values(), three[2].state_dict().values()))
+    assert three[4] < one[4]
+    with pytest.raises(ValueError, match="privacy_steps"):
+        _cfg(privacy_steps=0)

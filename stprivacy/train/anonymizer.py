@@ -288,6 +288,13 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
             if learns:
                 clip_and_step(opt_anonymizer, cfg)
             clip_and_step(opt_recognizers, cfg)
+            for _ in range(cfg.privacy_steps - 1):  # the privacy recognizer's further updates, alone
+                opt_recognizers.zero_grad(set_to_none=True)  # the action recognizer's grads stay None: no step
+                for a, (video, keep, action, privacy) in enumerate(anonymized):
+                    with sync_gradients(a == accum - 1, [rec_privacy]), autocast(cfg, device):
+                        loss = F.binary_cross_entropy_with_logits(rec_privacy(video, keep), privacy)
+                    (loss / accum).backward()
+                clip_and_step(opt_recognizers, cfg)
             progress.end_step(values)
             bar.set_postfix(action=f"{values['loss_action']:.3f}", privacy=f"{values['loss_privacy']:.3f}")
             t0 = _log_and_checkpoint(phase, progress, values, cfg, logger, save, optimizers, len(batches), t0)

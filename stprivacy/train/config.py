@@ -87,6 +87,14 @@ class TrainConfig:
             protocol) reads it again; restarting the adversary ("model restarting", Wu et al.,
             TPAMI 2020) makes it face fresh attackers during training. Measured on the benchmark
             (docs/demo_results.md): it does not hide the actor's tint either.
+        privacy_steps: updates of the privacy recognizer per batch of phase 2 (the first with
+            the action recognizer's, the rest alone, on the same anonymized clips); 1 = the paper's
+            one each. Why: the phase's adversary is trained for a few epochs on a moving target,
+            while the protocol's attackers train from scratch on the final output for
+            ``eval_epochs``; an anonymizer is only pushed to hide what its own adversary reads,
+            and cues that take the attackers longer to learn (on the benchmark, the face marking
+            once the tint is gone) are never read by a one-step adversary
+            (docs/demo_results.md). More steps per batch is the critic-steps remedy of GAN training.
         recognizer: overrides of ``VideoClassifier.from_config`` for every recognizer (e.g.
             ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``); empty = the anonymizer's sizes.
         eval_keep_ratios: deployment keep ratios evaluated in the evaluation phase (paper §4.6);
@@ -130,6 +138,7 @@ class TrainConfig:
     privacy_adversary: str = "negative_bce"
     adversarial_lr_scale: float = 1.0
     privacy_restart_epochs: int = 0
+    privacy_steps: int = 1
     recognizer: dict[str, Any] = field(default_factory=dict)
     eval_keep_ratios: list[float] = field(default_factory=list)
     seed: int = 0
@@ -144,7 +153,7 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum_steps", "log_every"):
+        for name in ("batch_size", "grad_accum_steps", "log_every", "privacy_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
