@@ -40,7 +40,7 @@ def _fit(recognizer, model, videos, privacy, cfg, steps: int) -> list[float]:
 
 
 def directions(seed: int, recognizers: int, steps: int, cache) -> dict[str, tuple[list[list[float]], float]]:
-    _, model_cfg, cfg, train, _, model, _, _, _ = phase1(seed, ["model.pab_color_skip=true"], cache)
+    _, model_cfg, cfg, train, _, _, model, _, _, _ = phase1(seed, ["model.pab_color_skip=true"], cache)
     videos, _, privacy = train.tensors
     privacy = privacy.float()
     model.train()

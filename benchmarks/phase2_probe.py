@@ -37,7 +37,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import cross_val_predict
 
 from stprivacy.commands.demo import FULL, TINY, _train_config, apply_overrides
-from stprivacy.data.synthetic import PRIVACY_ATTRIBUTES, materialize
+from stprivacy.data.synthetic import CELL_ACTOR, PRIVACY_ATTRIBUTES, materialize
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.seed_table import git_commit, machine
 from stprivacy.train import build_dataset, dataset_sizes, evaluate_stprivacy
@@ -52,7 +52,8 @@ _PHASE2_FIELDS = {"adv_epochs", "eval_epochs", "adversarial_trains", "lambda_act
 
 def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     """The demo recipe's data, configs and phase-1 models for ``seed`` (phase 1 run once and cached):
-    ``(settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, seconds)``; ``tiny``:
+    ``(settings, model_cfg, cfg, train, test, test_raw, model, action_rec, privacy_rec, seconds)``
+    (``test_raw``: the test split as generated, with its layouts); ``tiny``:
     the demo's seconds-long smoke settings instead."""
     settings = apply_overrides(TINY if tiny else FULL, overrides)
     model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
@@ -86,7 +87,7 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
         cache.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model.state_dict(), "action": action_rec.state_dict(), "rng": torch.get_rng_state()},
                    path)
-    return settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, time.perf_counter() - start
+    return settings, model_cfg, cfg, train, test, test_raw, model, action_rec, privacy_rec, time.perf_counter() - start
 
 
 def fit_grey(model: STPrivacy, train, cfg) -> list[float]:
@@ -148,8 +149,8 @@ def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False, supe
           tiny: bool = False) -> dict:
     """Phase 2 (or, with ``grey``, no phase 2 but the colour skip set to grey; with
     ``supervised_grey``, :func:`fit_grey` instead of phase 2) and the protocol."""
-    settings, model_cfg, cfg, train, test, model, action_rec, privacy_rec, seconds = phase1(seed, overrides, cache,
-                                                                                           tiny)
+    settings, model_cfg, cfg, train, test, test_raw, model, action_rec, privacy_rec, seconds = phase1(
+        seed, overrides, cache, tiny)
     num_classes, num_attributes = action_rec.num_classes, privacy_rec.num_classes
     t1 = time.perf_counter()
     history = {"loss_privacy": []}
@@ -169,7 +170,39 @@ def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False, supe
     skip = model.pab.color_skip if model.pab is not None else None
     return row | {"seconds": (seconds, t2 - t1, t3 - t2), "loss_privacy": history["loss_privacy"],
                   "grey_mse": history.get("grey_mse"), "tint_leak": tint_leak(model, test),
-                  "color_skip": None if skip is None else skip.weight.detach().tolist()}
+                  "color_skip": None if skip is None else skip.weight.detach().tolist(),
+                  "filter_gates": filter_gates(model, test_raw)}
+
+
+def filter_gates(model: STPrivacy, dataset) -> dict[str, tuple[float, float]] | None:
+    """With ``model.pab_filter``: the mean (desaturation, blur) gates of the tubelets that the
+    deployed model keeps from the test clips, on the actor's cells and on the others (None
+    without the filter). The gates and the kept positions are read off one evaluation forward."""
+    if model.pab is None or model.pab.filter is None:
+        return None
+    videos = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    on_actor = torch.stack([(dataset.layout(i) == CELL_ACTOR).flatten() for i in range(len(dataset))])  # [B, N]
+    seen = {}
+    gates, last_psb = model.pab.filter.gates, model.psbs[-1]
+    forward_eval = last_psb.forward_eval
+
+    def record_gates(tokens):
+        seen["gates"] = gates(tokens)
+        return seen["gates"]
+
+    def record_index(*args, **kwargs):
+        x, seen["index"] = forward_eval(*args, **kwargs)
+        return x, seen["index"]
+
+    model.pab.filter.gates, last_psb.forward_eval = record_gates, record_index
+    try:
+        with torch.no_grad():
+            model.eval()(videos)
+    finally:  # the instance attributes shadowed the methods; removing them restores the methods
+        del model.pab.filter.gates, last_psb.forward_eval
+    actor = on_actor.gather(1, seen["index"].flatten(1))  # [B, L*k], the kept tokens in the PAB's order
+    return {name: tuple(seen["gates"][where].mean(dim=0).tolist()) for name, where in
+            (("actor", actor), ("other", ~actor))}
 
 
 def main() -> None:
@@ -196,6 +229,9 @@ def main() -> None:
             print("     squared error to grey per epoch:", " ".join(f"{x:.4f}" for x in r["grey_mse"]))
         else:
             print("     phase-2 privacy recognizer's loss per epoch:", " ".join(f"{x:.3f}" for x in r["loss_privacy"]))
+        if r["filter_gates"] is not None:
+            print("     filter gates (desaturation, blur) of the kept tubelets:",
+                  "; ".join(f"{k} {g[0]:.2f}, {g[1]:.2f}" for k, g in r["filter_gates"].items()), flush=True)
         if r["color_skip"] is not None:
             print("     colour skip weights:", [[round(w, 2) for w in row] for row in r["color_skip"]], flush=True)
 

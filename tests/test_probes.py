@@ -41,7 +41,8 @@ def test_tint_reader_reads_the_raw_actor_and_not_a_grey_one():
 
 def test_fit_grey_brings_the_kept_tubelets_closer_to_grey(tmp_path):
     probe = _probe_module()
-    settings, model_cfg, cfg, train, test, model, *_ = probe.phase1(0, ["demo.adv_epochs=20"], tmp_path, tiny=True)
+    settings, model_cfg, cfg, train, test, test_raw, model, *_ = probe.phase1(0, ["demo.adv_epochs=20"], tmp_path,
+                                                                              tiny=True)
     videos = train.tensors[0]
 
     def error() -> float:
@@ -53,3 +54,17 @@ def test_fit_grey_brings_the_kept_tubelets_closer_to_grey(tmp_path):
     after = error()
     assert len(per_epoch) == 20 and all(math.isfinite(e) for e in per_epoch)
     assert after < 0.8 * before, (before, after)
+
+
+def test_filter_gates_are_read_per_kind_of_kept_tubelet(tmp_path):
+    probe = _probe_module()
+    *_, test_raw, model, _, _, _ = probe.phase1(0, ["model.pab_filter=true"], tmp_path, tiny=True)
+    assert probe.filter_gates(model, test_raw) == {"actor": (0.0, 0.0), "other": (0.0, 0.0)}  # the identity
+    with torch.no_grad():  # grey every tubelet whose token has a positive first feature, blur every one
+        model.pab.filter.weight[0, 0] = 1e4
+        model.pab.filter.bias.copy_(torch.tensor([0.0, 1.0]))
+    gates = probe.filter_gates(model, test_raw)
+    assert set(gates) == {"actor", "other"}
+    assert all(g[1] == 1.0 for g in gates.values())
+    assert all(0.0 < g[0] < 1.0 for g in gates.values())
+    assert probe.filter_gates(STPrivacy(model.cfg.__class__.small(embed_dim=24, num_heads=2)), test_raw) is None
