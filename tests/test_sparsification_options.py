@@ -216,16 +216,21 @@ def test_filter_starts_as_the_identity_and_its_gates_grey_and_blur():
         torch.testing.assert_close(filtered(video, 1.0).video, grey)
 
 
-def test_filter_gates_learn_from_the_loss_even_at_their_ends():
+def test_filter_gates_learn_from_the_loss_and_are_held_at_their_ends():
+    from stprivacy.model.pab import _ProjectedClamp
+
     model = make_model(pab_residual=True, pab_filter=True).train()
-    video = random_video(model.cfg)
-    for bias in (0.0, -1.0, 2.0):  # inside, below and above [0, 1]
-        model.zero_grad()
-        with torch.no_grad():
-            model.pab.filter.bias.fill_(bias)
-        model(video, generator=torch.Generator().manual_seed(0)).video.square().sum().backward()
-        grad = model.pab.filter.bias.grad
-        assert grad is not None and (grad.abs() > 0).all(), (bias, grad)
+    model.zero_grad()
+    with torch.no_grad():
+        model.pab.filter.bias.fill_(0.5)
+    model(random_video(model.cfg), generator=torch.Generator().manual_seed(0)).video.square().sum().backward()
+    assert (model.pab.filter.bias.grad.abs() > 0).all() and model.pab.filter.weight.grad.abs().sum() > 0
+    # Outside [0, 1] the gradient passes only where a descent step moves z back into the range.
+    z = torch.tensor([-1.0, 0.5, 2.0, -1.0, 2.0, 0.0, 1.0], requires_grad=True)
+    gate = _ProjectedClamp.apply(z)
+    assert torch.equal(gate, torch.tensor([0.0, 0.5, 1.0, 0.0, 1.0, 0.0, 1.0]))
+    gate.backward(torch.tensor([-1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0]))
+    assert torch.equal(z.grad, torch.tensor([-1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0]))
 
 
 def test_filter_blur_matrix_is_a_replicate_padded_gaussian():

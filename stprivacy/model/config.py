@@ -70,15 +70,15 @@ class STPrivacyConfig:
             C * (C + 1) weights. Measured on the benchmark (docs/demo_results.md): set to grey by
             hand it hides the actor's tint, but the adversarial phase leaves it near the identity,
             so it is an instrument for studying adversaries, not part of any recipe.
-        pab_filter: with ``pab_residual``, the PAB also decides from each kept token how far to
-            desaturate its tubelet and how far to blur it (two gates in [0, 1], zero at
-            initialization, applied to the skip connection: :class:`~stprivacy.model.pab.TubeletFilter`).
-            A per-tubelet gate's adversarial gradient has the same sign for a warm and a cool
-            actor, where a global colour mixing's cancels: measured on the benchmark
-            (docs/demo_results.md), the adversarial phase learns to grey the actor with it on six
-            seeds of ten, the first variant that hides the tint at all, but the fresh attackers
-            then read the face marking, which the phase's own adversary never learns to read, so
-            it does not drive the blur; off in the demo's recipe.
+        pab_filter: with ``pab_residual``, the PAB outputs each kept tubelet filtered, how far
+            desaturated and how far blurred decided from its token by two gates in [0, 1] (zero at
+            initialization: the identity), instead of adding a pixel change from a head
+            (:class:`~stprivacy.model.pab.TubeletFilter`). It can remove colour and fine detail
+            and cannot write anything new. Measured on the benchmark (docs/demo_results.md): the
+            adversarial phase learns to grey the actor exactly and to blur the other kept
+            tubelets, which hides the tint where no pixel head or global colour mixing did; the
+            fresh attackers then read the face marking, which the phase's own adversary never
+            learns to read, so nothing drives a blur of the actor.
         pab_filter_sigma: standard deviation in pixels of the filter's Gaussian blur.
         normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
             statistics every recognizer here uses), before the tokenizer.

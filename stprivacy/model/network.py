@@ -80,7 +80,11 @@ class STPrivacy(nn.Module):
             else None
         )
         self.apply(init_weights)
-        if self.pab is not None and cfg.pab_residual:
+        if self.pab is not None and cfg.pab_filter:
+            # The filter replaces the pixel head. The head was built and initialized all the same, so
+            # that every other module draws the same initial weights as without the filter.
+            self.pab.head = None
+        elif self.pab is not None and cfg.pab_residual:
             # A zero head makes the PAB the identity on kept tubelets at the start of training.
             nn.init.zeros_(self.pab.head.weight)
             nn.init.zeros_(self.pab.head.bias)

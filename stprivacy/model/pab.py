@@ -31,7 +31,7 @@ class AnonymizationBlock(nn.Module):
         self.head = nn.Linear(dim, out_dim)
         # STPrivacyConfig.pab_color_skip: the residual skip's colour mixing (None: the identity).
         self.color_skip = ColorSkip(color_skip_channels) if color_skip_channels else None
-        # STPrivacyConfig.pab_filter: per-token desaturation and blur of the skip connection.
+        # STPrivacyConfig.pab_filter: per-token desaturation and blur of the tubelet, instead of the head.
         self.filter = TubeletFilter(dim, filter_shape, filter_sigma) if filter_shape else None
 
     def forward(self, x: Tensor, keep: Tensor | None = None, pixels: Tensor | None = None) -> Tensor:
@@ -41,17 +41,18 @@ class AnonymizationBlock(nn.Module):
 
         ``pixels: Tensor[B, M, out_dim]``, each token's input tubelet, makes the block residual
         (``STPrivacyConfig.pab_residual``): the head's output is added to the skip connection,
-        the tubelet itself, colour-mixed and filtered when those options are on."""
+        the tubelet itself (colour-mixed with ``pab_color_skip``); with ``pab_filter`` the
+        output is the tubelet filtered by the gates each token decides, and nothing else."""
         for blk in self.blocks:
             x = blk(x, keep)
         x = self.norm(x)
+        if self.filter is not None:  # STPrivacyConfig.pab_filter: the filtered tubelet is the output
+            return self.filter(pixels, x)
         out = self.head(x)
         if pixels is None:
             return out
         if self.color_skip is not None:
             pixels = self.color_skip(pixels)
-        if self.filter is not None:
-            pixels = self.filter(pixels, x)
         return out + pixels
 
 
@@ -73,7 +74,7 @@ class ColorSkip(nn.Module):
 
 
 class TubeletFilter(nn.Module):
-    """The skip connection's per-token filter of ``STPrivacyConfig.pab_filter``.
+    """The output of the anonymization block with ``STPrivacyConfig.pab_filter``.
 
     From its decoded token, each tubelet gets two gates in [0, 1]: how far to desaturate it
     (towards the mean of its channels) and how far to blur it (towards a Gaussian blur of each of
@@ -84,11 +85,14 @@ class TubeletFilter(nn.Module):
     passes its gradient straight through at both ends: with a plain clamp a gate that one noisy
     step pushed below 0 never moved again (seen on one seed of ten in a probe run).
 
-    Why gates and not more pixels: desaturating or blurring a textured tubelet changes every
-    pixel in step with the texture, which the head cannot output through one token (measured in
+    Why gates and not pixels: desaturating or blurring a textured tubelet changes every pixel in
+    step with the texture, which a pixel head cannot output through one token (measured in
     docs/demo_results.md), while a gate is one number whose adversarial gradient has the same
     sign for every clip (any colour cast or fine marking shrinks as it grows), where the
-    gradients on a global colour mixing cancel between opposite casts.
+    gradients on a global colour mixing cancel between opposite casts. And a filter can only
+    remove what is there: next to a pixel head, the adversarial phase used the head to re-encode
+    the tint that the gates had removed, which the phase's own adversary missed and fresh
+    attackers read.
     """
 
     def __init__(self, dim: int, shape: tuple[int, int, int, int], sigma: float):
@@ -103,8 +107,7 @@ class TubeletFilter(nn.Module):
     def gates(self, tokens: Tensor) -> Tensor:
         """``Tensor[B, M, D]`` -> ``Tensor[B, M, 2]``: (desaturation, blur), each in [0, 1] (the
         gradient of the unclamped value)."""
-        z = F.linear(tokens, self.weight, self.bias)
-        return z + (z.clamp(0.0, 1.0) - z).detach()
+        return _ProjectedClamp.apply(F.linear(tokens, self.weight, self.bias))
 
     def blur(self, rows: Tensor) -> Tensor:
         """Gaussian blur of every frame of every tubelet, replicate-padded at its borders:
@@ -134,3 +137,23 @@ def _blur_matrix(size: int, sigma: float) -> Tensor:
         for tap, offset in zip(taps.tolist(), range(-radius, radius + 1)):
             matrix[i, min(max(i + offset, 0), size - 1)] += tap
     return matrix.float()
+
+
+class _ProjectedClamp(torch.autograd.Function):
+    """``clamp(z, 0, 1)`` whose gradient passes inside [0, 1] and, outside, only where a descent
+    step moves ``z`` back towards the range: a gate pushed past an end by one side of the
+    adversarial game stays at that end, where the other side's next push acts at once (a plain
+    clamp's gate dies there; a straight-through one drifts away from the range for as long as
+    one side keeps pushing)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        ctx.save_for_backward(z)
+        return z.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (z,) = ctx.saved_tensors
+        # Descent moves z by -grad: below the range it may only rise (grad < 0), above only fall.
+        passes = ((z >= 0) & (z <= 1)) | ((z < 0) & (grad < 0)) | ((z > 1) & (grad > 0))
+        return grad * passes
