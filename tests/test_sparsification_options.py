@@ -167,14 +167,19 @@ def test_residual_pab_learns_a_change_of_the_pixels():
     assert (out.video[kept.expand_as(out.video) == 0] == 0).all()  # dropped tubelets stay black
 
 
+def assert_same_outputs(a: STPrivacy, b: STPrivacy) -> None:
+    """Both models give the same video bit for bit, in training (same Gumbel draws) and evaluation."""
+    for training in (True, False):
+        video = random_video(a.cfg)
+        out_a = a.train(training)(video, generator=torch.Generator().manual_seed(0)).video
+        out_b = b.train(training)(video, generator=torch.Generator().manual_seed(0)).video
+        assert torch.equal(out_a, out_b), training
+
+
 def test_color_skip_starts_as_the_identity_and_can_remove_a_colour_cast():
     plain, mixed = make_model(pab_residual=True), make_model(pab_residual=True, pab_color_skip=True)
     mixed.load_state_dict(plain.state_dict(), strict=False)  # only the skip's weights are new
-    for training in (True, False):
-        video = random_video(plain.cfg)
-        a = plain.train(training)(video, generator=torch.Generator().manual_seed(0)).video
-        b = mixed.train(training)(video, generator=torch.Generator().manual_seed(0)).video
-        assert torch.equal(a, b), training
+    assert_same_outputs(plain, mixed)
     mixed.eval()
     with torch.no_grad():
         mixed.pab.color_skip.weight.fill_(1 / 3)  # every channel becomes the channels' mean: grey
@@ -195,11 +200,7 @@ def test_filter_starts_as_the_identity_and_its_gates_grey_and_blur():
     plain, filtered = make_model(pab_residual=True), make_model(pab_residual=True, pab_filter=True)
     assert set(filtered.state_dict()) - set(plain.state_dict()) == {"pab.filter.weight", "pab.filter.bias"}
     filtered.load_state_dict(plain.state_dict(), strict=False)  # the same draws built both models
-    for training in (True, False):
-        video = random_video(plain.cfg)
-        a = plain.train(training)(video, generator=torch.Generator().manual_seed(0)).video
-        b = filtered.train(training)(video, generator=torch.Generator().manual_seed(0)).video
-        assert torch.equal(a, b), training
+    assert_same_outputs(plain, filtered)
     filtered.eval()
     video = random_video(filtered.cfg)
     with torch.no_grad():

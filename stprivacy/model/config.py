@@ -76,9 +76,9 @@ class STPrivacyConfig:
             (:class:`~stprivacy.model.pab.TubeletFilter`). It can remove colour and fine detail
             and cannot write anything new. Measured on the benchmark (docs/demo_results.md): the
             adversarial phase learns to grey the actor exactly and to blur the other kept
-            tubelets, which hides the tint where no pixel head or global colour mixing did; the
-            fresh attackers then read the face marking, which the phase's own adversary never
-            learns to read, so nothing drives a blur of the actor.
+            tubelets, which hides the tint on every seed, where no pixel head or global colour
+            mixing did; how far it blurs the actor (the face marking) follows how well the
+            phase's adversary reads the face (``TrainConfig.privacy_steps``). In the demo's recipe.
         pab_filter_sigma: standard deviation in pixels of the filter's Gaussian blur.
         normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
             statistics every recognizer here uses), before the tokenizer.

@@ -94,7 +94,9 @@ class TrainConfig:
             ``eval_epochs``; an anonymizer is only pushed to hide what its own adversary reads,
             and cues that take the attackers longer to learn (on the benchmark, the face marking
             once the tint is gone) are never read by a one-step adversary
-            (docs/demo_results.md). More steps per batch is the critic-steps remedy of GAN training.
+            (docs/demo_results.md). More steps per batch is the critic-steps remedy of GAN training;
+            the demo's recipe takes 4, with which the adversary reads the face and the filter of
+            ``STPrivacyConfig.pab_filter`` starts to blur the actor.
         recognizer: overrides of ``VideoClassifier.from_config`` for every recognizer (e.g.
             ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``); empty = the anonymizer's sizes.
         eval_keep_ratios: deployment keep ratios evaluated in the evaluation phase (paper §4.6);
