@@ -204,3 +204,13 @@ def test_vit_s_is_the_releases_12_block_layout():
     assert not (cfg.pab_residual or cfg.normalize_input or cfg.detach_blackening) and cfg.train_sampler == "gumbel"
     params = sum(p.numel() for p in STPrivacy(cfg).parameters())
     assert math.isclose(params / 1e6, 23.35, abs_tol=0.05)
+
+
+@pytest.mark.parametrize("option", ["pab_color_skip", "pab_filter"])
+def test_release_layout_refuses_our_pab_options_by_name(option):
+    plain = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, pab_residual=True))
+    other = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, pab_residual=True, **{option: True}))
+    with pytest.raises(ValueError, match=option):
+        load_release_weights(other, release_state_dict(plain))
+    with pytest.raises(ValueError, match=option):
+        release_state_dict(other)
