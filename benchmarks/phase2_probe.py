@@ -47,7 +47,8 @@ from stprivacy.train.config import get_lr
 
 # TrainConfig fields that only phase 2 (or 3) reads: changing them reuses the cached phase 1.
 _PHASE2_FIELDS = {"adv_epochs", "eval_epochs", "adversarial_trains", "lambda_action", "lambda_privacy",
-                  "privacy_adversary", "privacy_restart_epochs", "privacy_steps", "adversarial_lr_scale", "eval_keep_ratios"}
+                  "privacy_adversary", "privacy_restart_epochs", "privacy_steps", "adversarial_lr_scale",
+                  "eval_keep_ratios"}
 
 
 def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
@@ -79,6 +80,7 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     if path.exists():
         state = torch.load(path, weights_only=True)
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        # (With the filter the PAB has no head; load_state_dict skips the cached head's keys.)
         assert not unexpected and all(".color_skip." in k or ".filter." in k for k in missing), (missing, unexpected)
         action_rec.load_state_dict(state["action"])
         torch.set_rng_state(state["rng"])

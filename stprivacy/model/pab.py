@@ -82,8 +82,8 @@ class TubeletFilter(nn.Module):
     are a Linear of the token clamped to [0, 1]; the Linear starts at zero, so the filter is the
     identity at initialization, and it is a raw parameter (not an ``nn.Linear``) so that turning
     the option on draws nothing from the random stream that builds the other modules. The clamp
-    passes its gradient straight through at both ends: with a plain clamp a gate that one noisy
-    step pushed below 0 never moved again (seen on one seed of ten in a probe run).
+    is :class:`_ProjectedClamp`: outside [0, 1] it passes only a gradient that leads back into
+    the range, so a gate held at an end answers the next push the other way at once.
 
     Why gates and not pixels: desaturating or blurring a textured tubelet changes every pixel in
     step with the texture, which a pixel head cannot output through one token (measured in
