@@ -48,7 +48,7 @@ from stprivacy.train.config import get_lr
 # TrainConfig fields that only phase 2 (or 3) reads: changing them reuses the cached phase 1.
 _PHASE2_FIELDS = {"adv_epochs", "eval_epochs", "adversarial_trains", "lambda_action", "lambda_privacy",
                   "privacy_adversary", "privacy_restart_epochs", "privacy_steps", "adversarial_lr_scale",
-                  "eval_keep_ratios"}
+                  "eval_keep_ratios", "lambda_filter"}
 
 
 def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):

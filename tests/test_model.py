@@ -141,7 +141,7 @@ def test_eval_compaction_equals_masked_computation():
         for blk in psb.blocks:
             x = blk(x, keep)
         keep = mask.reshape(B, L * N)
-    patches = model.pab(x, keep) * keep[..., None]
+    patches = model.pab(x, keep)[0] * keep[..., None]
     want = tubelets_to_video(patches, time_steps=L, grid_size=model.cfg.grid_size, tubelet=model.cfg.tubelet)
     torch.testing.assert_close(out.video, want, atol=1e-10, rtol=1e-8)
 

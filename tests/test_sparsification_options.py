@@ -290,3 +290,13 @@ def test_detached_blackening_keeps_the_pab_gradient_to_keep():
     torch.testing.assert_close(outs[False][0], outs[True][0])
     assert outs[True][1].abs().sum() > 0  # the PAB's attention still differentiates the last mask
     assert not torch.allclose(outs[False][1], outs[True][1])
+
+
+def test_filter_gates_are_returned_in_training_only():
+    filtered = make_model(pab_residual=True, pab_filter=True)
+    video = random_video(filtered.cfg)
+    out = filtered.train()(video, generator=torch.Generator().manual_seed(0))
+    assert out.filter_gates.shape == (*out.keep.shape, 2)
+    assert torch.equal(out.filter_gates, torch.zeros_like(out.filter_gates))  # the identity at initialization
+    assert filtered.eval()(video).filter_gates is None
+    assert make_model(pab_residual=True).train()(video, generator=torch.Generator().manual_seed(0)).filter_gates is None

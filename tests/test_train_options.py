@@ -230,3 +230,37 @@ def test_privacy_steps_update_only_the_privacy_recognizer_again():
     assert three[4] < one[4]
     with pytest.raises(ValueError, match="privacy_steps"):
         _cfg(privacy_steps=0)
+
+
+def test_filter_prior_closes_the_gates_the_losses_leave_alone():
+    """TrainConfig.lambda_filter: with the action and privacy terms off, phase 2 moves the PAB's
+    filter only through the prior, which opens every gate from 0 (the identity) towards 1."""
+    from stprivacy.train.anonymizer import train_adversarial
+
+    model_cfg = dataclasses.replace(MODEL, pab_residual=True, pab_filter=True)
+    cfg = _cfg(dataset_kwargs={"train_videos": 8, "test_videos": 8}, adv_epochs=3, log="none",
+               lambda_action=0.0, lambda_privacy=0.0, base_lr=1.0)
+    data = _data(cfg)
+    video = collate_videos([data[i] for i in range(len(data))])[0]
+
+    def mean_gates(lambda_filter: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = STPrivacy(model_cfg)
+        recognizers = [make_recognizer(model_cfg, cfg, n, multilabel=m)
+                       for n, m in ((data.num_classes, False), (data.num_attributes, True))]
+        train_adversarial(model, *recognizers, data, dataclasses.replace(cfg, lambda_filter=lambda_filter))
+        out = model.train()(video, generator=torch.Generator().manual_seed(0))
+        assert out.filter_gates.shape == (*out.keep.shape, 2)
+        return out.filter_gates.detach().mean(dim=(0, 1, 2))
+
+    assert torch.equal(mean_gates(0.0), torch.zeros(2))  # nothing moves the identity
+    assert (mean_gates(1.0) > 0.01).all()  # both gates open under the prior alone
+
+
+def test_filter_prior_needs_a_filter(tmp_path):
+    with pytest.raises(ValueError, match=r"lambda_filter=0\.1 .*pab_filter=True"):
+        _run(tmp_path, "no_filter", lambda_filter=0.1)
+    _run(tmp_path, "no_pab", dataclasses.replace(MODEL, use_pab=False), lambda_filter=0.1, init_epochs=0,
+         adv_epochs=1)  # the "sparsification only" ablation: no block, nothing to reward
+    with pytest.raises(ValueError, match="lambda_filter"):
+        _cfg(lambda_filter=-1.0)

@@ -29,6 +29,10 @@ class STPrivacyOutput:
         keep_log_prob: ``Tensor[B]``, the log-probability of the sampled keep decisions of every
             PSB (training with ``keep_gradient="score_function"`` only, else None): the training
             loop's REINFORCE term (``stprivacy.train.common.score_function_term``).
+        filter_gates: ``Tensor[B, L, N, 2]``, the (desaturation, blur) gates the PAB's filter
+            decided for every tubelet, dropped ones included (training with
+            ``STPrivacyConfig.pab_filter`` only, else None): the input of the adversarial phase's
+            filter prior (``TrainConfig.lambda_filter``).
     """
 
     video: Tensor
@@ -36,6 +40,7 @@ class STPrivacyOutput:
     keep_masks: list[Tensor] = field(default_factory=list)
     target_ratios: list[float] = field(default_factory=list)
     keep_log_prob: Tensor | None = None
+    filter_gates: Tensor | None = None
 
 
 class STPrivacy(nn.Module):
@@ -109,19 +114,20 @@ class STPrivacy(nn.Module):
         ratio = self._check_ratio(keep_ratio)
         targets = self.cfg.target_ratios(ratio)
         x = self.tokenize(video)
-        log_prob = None
+        log_prob, gates = None, None
         if self.training:
-            anonymized, keep, masks, log_prob = self._forward_train(video, x, targets, generator, score_scale)
+            anonymized, keep, masks, log_prob, gates = self._forward_train(video, x, targets, generator, score_scale)
         else:
             anonymized, keep, masks = self._forward_eval(video, x, targets)
         B, L, N = video.shape[0], self.cfg.time_steps, self.cfg.tokens_per_step
         keep = video.new_ones(B, L, N) if keep is None else keep.view(B, L, N).to(video.dtype)
         return STPrivacyOutput(video=anonymized, keep=keep, keep_masks=masks, target_ratios=targets,
-                               keep_log_prob=log_prob)
+                               keep_log_prob=log_prob, filter_gates=None if gates is None else gates.view(B, L, N, -1))
 
     def _forward_train(self, video: Tensor, x: Tensor, targets: list[float], generator, score_scale: float
-                       ) -> tuple[Tensor, Tensor | None, list[Tensor], Tensor | None]:
-        """Every token travels; ``keep: Tensor[B, L*N]`` masks the dropped ones (None: all kept)."""
+                       ) -> tuple[Tensor, Tensor | None, list[Tensor], Tensor | None, Tensor | None]:
+        """Every token travels; ``keep: Tensor[B, L*N]`` masks the dropped ones (None: all kept).
+        Returns the video, ``keep``, the masks, the keep log-probability and the filter's gates."""
         B = x.shape[0]
         L, N = self.cfg.time_steps, self.cfg.tokens_per_step
         score_function = self.cfg.keep_gradient == "score_function"
@@ -137,14 +143,15 @@ class STPrivacy(nn.Module):
             if targets:
                 masks.append(x.new_ones(B, L, N) if keep is None else keep.view(B, L, N))
         pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
+        gates = None
         if self.pab is not None:
-            patches = self.pab(x, keep, pixels if self.cfg.pab_residual else None)
+            patches, gates = self.pab(x, keep, pixels if self.cfg.pab_residual else None)
         else:
             patches = pixels
         if keep is not None:
             blackening = keep.detach() if self.cfg.detach_blackening else keep
             patches = patches * blackening[..., None].to(patches.dtype)
-        return self._to_video(patches), keep, masks, log_prob
+        return self._to_video(patches), keep, masks, log_prob, gates
 
     def _forward_eval(self, video: Tensor, x: Tensor, targets: list[float]
                       ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
@@ -162,7 +169,7 @@ class STPrivacy(nn.Module):
         pixels = video_to_tubelets(video, tubelet=self.cfg.tubelet)
         kept_pixels = ops.gather_tokens(pixels, index) if pruned else pixels
         if self.pab is not None:
-            patches = self.pab(x, pixels=kept_pixels if self.cfg.pab_residual else None)
+            patches, _ = self.pab(x, pixels=kept_pixels if self.cfg.pab_residual else None)
         else:
             patches = kept_pixels
         if not pruned:

@@ -34,10 +34,12 @@ class AnonymizationBlock(nn.Module):
         # STPrivacyConfig.pab_filter: per-token desaturation and blur of the tubelet, instead of the head.
         self.filter = TubeletFilter(dim, filter_shape, filter_sigma) if filter_shape else None
 
-    def forward(self, x: Tensor, keep: Tensor | None = None, pixels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None, pixels: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
         """``x: Tensor[B, M, D]`` and ``keep: Tensor[B, M]`` (None: every token is kept)
-        -> ``Tensor[B, M, out_dim]``, the pixels of each token's tubelet (dropped tokens' rows
-        are computed but meaningless; the caller blacks them out).
+        -> ``(Tensor[B, M, out_dim], gates)``: the pixels of each token's tubelet (dropped tokens'
+        rows are computed but meaningless; the caller blacks them out), and with ``pab_filter``
+        the filter's gates ``Tensor[B, M, 2]`` (else None).
 
         ``pixels: Tensor[B, M, out_dim]``, each token's input tubelet, makes the block residual
         (``STPrivacyConfig.pab_residual``): the head's output is added to the skip connection,
@@ -47,13 +49,14 @@ class AnonymizationBlock(nn.Module):
             x = blk(x, keep)
         x = self.norm(x)
         if self.filter is not None:  # STPrivacyConfig.pab_filter: the filtered tubelet is the output
-            return self.filter(pixels, x)
+            gates = self.filter.gates(x)
+            return self.filter(pixels, gates), gates
         out = self.head(x)
         if pixels is None:
-            return out
+            return out, None
         if self.color_skip is not None:
             pixels = self.color_skip(pixels)
-        return out + pixels
+        return out + pixels, None
 
 
 class ColorSkip(nn.Module):
@@ -114,10 +117,9 @@ class TubeletFilter(nn.Module):
         ``Tensor[B, M, C, dT, dH, dW]`` -> same shape (two small matrix products)."""
         return torch.einsum("yh,bmcthw,xw->bmctyx", self.blur_h.to(rows.dtype), rows, self.blur_w.to(rows.dtype))
 
-    def forward(self, pixels: Tensor, tokens: Tensor) -> Tensor:
-        """``pixels: Tensor[B, M, C*dT*dH*dW]`` (channel-major rows) and the decoded ``tokens:
-        Tensor[B, M, D]`` -> the filtered pixels, same shape."""
-        gates = self.gates(tokens)
+    def forward(self, pixels: Tensor, gates: Tensor) -> Tensor:
+        """``pixels: Tensor[B, M, C*dT*dH*dW]`` (channel-major rows) and their ``gates:
+        Tensor[B, M, 2]`` (:meth:`gates`) -> the filtered pixels, same shape."""
         rows = pixels.unflatten(-1, self.shape)
         grey = rows.mean(dim=2, keepdim=True)
         rows = rows + gates[..., 0, None, None, None, None] * (grey - rows)

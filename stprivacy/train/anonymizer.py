@@ -47,6 +47,23 @@ def _spars(out) -> torch.Tensor:
     return sparsity_loss(out.keep_masks, out.target_ratios)
 
 
+def check_filter_prior(model_cfg, cfg: TrainConfig) -> None:
+    """``TrainConfig.lambda_filter`` rewards the gates of ``STPrivacyConfig.pab_filter``: a model
+    with an anonymization block but no filter has nothing for it to act on (one without any
+    block, the "sparsification only" ablation, trains no anonymizer in phase 2)."""
+    if cfg.lambda_filter and model_cfg.use_pab and not model_cfg.pab_filter:
+        raise ValueError(f"lambda_filter={cfg.lambda_filter} rewards the gates of the PAB's filter: it needs "
+                         "STPrivacyConfig.pab_filter=True (or lambda_filter=0)")
+
+
+def _filter_prior(out) -> torch.Tensor:
+    """The mean filter gate over the kept tubelets (``TrainConfig.lambda_filter``; 0 without a filter)."""
+    if out.filter_gates is None:
+        return out.video.new_zeros(())
+    keep = out.keep.detach()
+    return (out.filter_gates.mean(-1) * keep).sum() / keep.sum().clamp(min=1)
+
+
 def _schedule(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> tuple[int, int, float]:
     total = epochs * steps_per_epoch
     return total, round(cfg.warmup_epochs * steps_per_epoch), cfg.peak_lr * cfg.min_lr_ratio
@@ -170,6 +187,7 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
     Returns:
         Per-epoch means of the anonymizer's and the recognizers' losses, the keep ratio and seconds.
     """
+    check_filter_prior(model.cfg, cfg)
     with _trainable(model, cfg.adversarial_trains):
         return _adversarial_loop(model, action_rec, privacy_rec, train_set, cfg, save=save, resume=resume,
                                  logger=logger)
@@ -266,12 +284,14 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                                 + cfg.lambda_privacy * privacy_adversary_loss(privacy_rec(out.video, out.keep),
                                                                               privacy, cfg.privacy_adversary,
                                                                               reduction="none"))
-                    loss = loss_spars + per_clip.mean()
+                    filter_gate = _filter_prior(out)
+                    loss = loss_spars + per_clip.mean() - cfg.lambda_filter * filter_gate
                     loss_keep = score_function_term(per_clip, out.keep_log_prob)  # its value means nothing
                 if learns:
                     ((loss + loss_keep) / accum).backward()
                 anonymized.append((out.video.detach(), out.keep.detach(), action, privacy))
-                step_values.add(loss_spars=loss_spars, loss_anonymizer=loss, keep=out.keep.mean())
+                step_values.add(loss_spars=loss_spars, loss_anonymizer=loss, keep=out.keep.mean(),
+                                filter_gate=filter_gate)
 
             # The recognizers' step, on the same anonymized clips with the anonymizer held fixed
             # (it has not stepped yet, which changes nothing: their inputs are detached).

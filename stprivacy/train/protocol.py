@@ -12,7 +12,7 @@ from ..baselines import make_baseline
 from ..model import STPrivacy, STPrivacyConfig
 from ..model.pretrained import load_pretrained_vit
 from ..verdict import ATTACKERS
-from .anonymizer import train_adversarial, train_initialization
+from .anonymizer import check_filter_prior, train_adversarial, train_initialization
 from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from .common import make_recognizer
 from .config import TrainConfig
@@ -70,6 +70,7 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
     Returns:
         The trained anonymizer (eval mode) and ``{"initialization": history, "adversarial": history}``.
     """
+    check_filter_prior(model_cfg, cfg)  # before phase 1, not after it
     torch.manual_seed(cfg.seed)
     model = STPrivacy(model_cfg)
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
