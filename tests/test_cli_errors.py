@@ -51,8 +51,9 @@ def files(tmp_path_factory):
     bad_json = root / "bad.json"
     bad_json.write_text("{model: ")
     bad_value = write_config(root / "bad_value.json", batch_size=0)
+    no_filter = write_config(root / "no_filter.json", lambda_filter=0.1)  # the tiny model has no pab_filter
     return {"root": root, "good": good, "evil": evil, "torn": torn, "video": video, "truncated": truncated,
-            "folder": folder, "bad_json": bad_json, "bad_value": bad_value}
+            "folder": folder, "bad_json": bad_json, "bad_value": bad_value, "no_filter": no_filter}
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
@@ -80,6 +81,10 @@ CASES = {
     "bad JSON config": (["train", "--config", "{bad_json}", "--out", "{out}/run"], ["bad.json", "not valid JSON"]),
     "bad config value": (["train", "--config", "{bad_value}", "--out", "{out}/run"],
                          ["bad_value.json", "batch_size must be a positive int"]),
+    "filter prior without a filter": (["train", "--config", "{no_filter}", "--out", "{out}/run"],
+                                      ["lambda_filter=0.1", "pab_filter=True"]),
+    "filter prior without a filter (demo)": (["demo", "--tiny", "--set", "model.pab_filter=false", "--out",
+                                              "{out}/demo"], ["lambda_filter", "pab_filter=True", "--set"]),
     "bad option": (["anonymize", "{video}", "-o", "{out}/anon.mp4", "--checkpoint", "{good}", "--keep-ratio", "1.5"],
                    ["--keep-ratio", "(0, 1]"]),
     "bad option value (argparse)": (["demo", "--seed", "abc", "--out", "{out}/demo"], ["--seed", "invalid int value"]),

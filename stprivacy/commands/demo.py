@@ -32,6 +32,7 @@ from ..baselines import BASELINE_NAMES
 from ..data.synthetic import PRIVACY_ATTRIBUTES, SyntheticVideos, actor_keep_masks, materialize
 from ..model import STPrivacy, STPrivacyConfig, VideoClassifier
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_baseline, evaluate_stprivacy, train_anonymizer
+from ..train.anonymizer import check_filter_prior
 from ..train.evaluation import attack_transformed
 from ..verdict import ATTACKERS, demo_target
 
@@ -197,6 +198,7 @@ def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True,
     try:
         model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
         cfg = _train_config(settings, seed, progress)
+        check_filter_prior(model_cfg, cfg)
         VideoClassifier.from_config(model_cfg, 2, **cfg.recognizer)  # the recognizer options, checked now
     except (TypeError, ValueError) as err:
         raise UsageError(f"the recipe is not valid ({err}); check the --set options") from err

@@ -22,6 +22,7 @@ from ..errors import ConfigError, InputNotFoundError, UsageError
 from ..model import STPrivacyConfig
 from ..protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
+from ..train.anonymizer import check_filter_prior
 from ..train.distributed import barrier, init_from_env, is_main, shutdown
 from ..train.run_log import RunLogger
 
@@ -135,8 +136,10 @@ def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
     try:
         # The config classes validate their fields with ValueError / TypeError: here every such
         # error is about a value in this file.
-        return (model_config_from_dict(data.get("model", {"preset": "small"})),
-                TrainConfig.from_dict(data.get("train", {})))
+        model_cfg = model_config_from_dict(data.get("model", {"preset": "small"}))
+        cfg = TrainConfig.from_dict(data.get("train", {}))
+        check_filter_prior(model_cfg, cfg)
+        return model_cfg, cfg
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:

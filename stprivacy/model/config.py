@@ -77,8 +77,8 @@ class STPrivacyConfig:
             and cannot write anything new. Measured on the benchmark (docs/demo_results.md): the
             adversarial phase learns to grey the actor exactly and to blur the other kept
             tubelets, which hides the tint on every seed, where no pixel head or global colour
-            mixing did; how far it blurs the actor (the face marking) follows how well the
-            phase's adversary reads the face (``TrainConfig.privacy_steps``). In the demo's recipe.
+            mixing did; it blurs the actor (the face marking) fully only with the filter prior
+            ``TrainConfig.lambda_filter``. In the demo's recipe.
         pab_filter_sigma: standard deviation in pixels of the filter's Gaussian blur.
         normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
             statistics every recognizer here uses), before the tokenizer.

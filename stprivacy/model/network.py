@@ -116,18 +116,20 @@ class STPrivacy(nn.Module):
         x = self.tokenize(video)
         log_prob, gates = None, None
         if self.training:
-            anonymized, keep, masks, log_prob, gates = self._forward_train(video, x, targets, generator, score_scale)
+            anonymized, keep, masks, log_prob, gates = self._forward_train(video, x, targets, generator,
+                                                                           score_scale)
         else:
             anonymized, keep, masks = self._forward_eval(video, x, targets)
         B, L, N = video.shape[0], self.cfg.time_steps, self.cfg.tokens_per_step
         keep = video.new_ones(B, L, N) if keep is None else keep.view(B, L, N).to(video.dtype)
         return STPrivacyOutput(video=anonymized, keep=keep, keep_masks=masks, target_ratios=targets,
-                               keep_log_prob=log_prob, filter_gates=None if gates is None else gates.view(B, L, N, -1))
+                               keep_log_prob=log_prob, filter_gates=gates)
 
     def _forward_train(self, video: Tensor, x: Tensor, targets: list[float], generator, score_scale: float
                        ) -> tuple[Tensor, Tensor | None, list[Tensor], Tensor | None, Tensor | None]:
         """Every token travels; ``keep: Tensor[B, L*N]`` masks the dropped ones (None: all kept).
-        Returns the video, ``keep``, the masks, the keep log-probability and the filter's gates."""
+        Returns the video, ``keep``, the masks, the keep log-probability and the filter's gates
+        ``Tensor[B, L, N, 2]`` (None without the filter)."""
         B = x.shape[0]
         L, N = self.cfg.time_steps, self.cfg.tokens_per_step
         score_function = self.cfg.keep_gradient == "score_function"
@@ -146,6 +148,7 @@ class STPrivacy(nn.Module):
         gates = None
         if self.pab is not None:
             patches, gates = self.pab(x, keep, pixels if self.cfg.pab_residual else None)
+            gates = None if gates is None else gates.view(B, L, N, -1)
         else:
             patches = pixels
         if keep is not None:

@@ -28,6 +28,7 @@ from stpriv_ops import sparsity_loss
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from ..model import STPrivacy
 from ..model.pretrained import load_pretrained_vit
 from ..progress import progress_bar
@@ -50,9 +51,10 @@ def _spars(out) -> torch.Tensor:
 def check_filter_prior(model_cfg, cfg: TrainConfig) -> None:
     """``TrainConfig.lambda_filter`` rewards the gates of ``STPrivacyConfig.pab_filter``: a model
     with an anonymization block but no filter has nothing for it to act on (one without any
-    block, the "sparsification only" ablation, trains no anonymizer in phase 2)."""
+    block, the "sparsification only" ablation, trains no anonymizer in phase 2). Raises
+    :class:`~stprivacy.errors.ConfigError`; the commands call it before they write anything."""
     if cfg.lambda_filter and model_cfg.use_pab and not model_cfg.pab_filter:
-        raise ValueError(f"lambda_filter={cfg.lambda_filter} rewards the gates of the PAB's filter: it needs "
+        raise ConfigError(f"lambda_filter={cfg.lambda_filter} rewards the gates of the PAB's filter: it needs "
                          "STPrivacyConfig.pab_filter=True (or lambda_filter=0)")
 
 
