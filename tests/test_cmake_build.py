@@ -29,13 +29,18 @@ print("loaded ops:", len([n for n in dir(torch.ops.stpriv) if not n.startswith("
 """
 
 
+TORCH_ROOT = Path(torch.__file__).parent  # include/ and lib/, as in an unpacked libtorch
+
+
 def test_cmake_library_loads_and_runs(tmp_path):
+    # Built against whatever torch this environment has: PyPI's default Linux wheel is a CUDA build,
+    # whose own TorchConfig.cmake would not configure on a machine without the CUDA toolkit.
     build = tmp_path / "build"
-    prefix = torch.utils.cmake_prefix_path
-    subprocess.run(
-        ["cmake", "-S", str(ROOT), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release"],
-        check=True, capture_output=True, text=True, timeout=300,
+    res = subprocess.run(
+        ["cmake", "-S", str(ROOT), "-B", str(build), f"-DTORCH_ROOT={TORCH_ROOT}", "-DCMAKE_BUILD_TYPE=Release"],
+        capture_output=True, text=True, timeout=300,
     )
+    assert res.returncode == 0, f"torch {torch.__version__} (CUDA {torch.version.cuda}):\n" + res.stdout[-3000:] + res.stderr[-3000:]
     res = subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -44,3 +49,17 @@ def test_cmake_library_loads_and_runs(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "loaded ops:" in res.stdout
+
+
+def test_cmake_names_a_wrong_torch_root(tmp_path):
+    res = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DTORCH_ROOT={tmp_path}"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert f"TORCH_ROOT={tmp_path} holds no include/torch/library.h" in " ".join(res.stderr.split())
+
+
+def test_cmake_asks_python_for_torch_when_no_root_is_given(tmp_path):
+    res = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DPython3_EXECUTABLE={sys.executable}"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"building against torch in {TORCH_ROOT}" in res.stdout

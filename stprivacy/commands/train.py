@@ -83,12 +83,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=_non_negative_int, metavar="STEPS",
                    help="steps between OUT/last.pt checkpoints inside an epoch (0 = at epoch ends only)")
     g.add_argument("--num-workers", type=_non_negative_int, help="DataLoader worker processes")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars on a terminal, and no per-phase progress lines in a log")
 
 
 def apply_run_arguments(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     """``cfg`` with the given command-line overrides (validated again by TrainConfig)."""
     overrides = {field: getattr(args, flag) for flag, field in RUN_OPTIONS.items()
                  if getattr(args, flag, None) is not None}
+    if getattr(args, "no_progress", False):
+        overrides["progress"] = False
     if not overrides:
         return cfg
     try:
