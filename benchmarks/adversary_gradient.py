@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from phase2_probe import phase1
-from stprivacy.seed_table import git_commit, machine
+from stprivacy.attack.seed_table import git_commit, machine
 from stprivacy.train.common import make_optimizer, make_recognizer, privacy_adversary_loss
 
 LOSSES = ("negative_bce", "entropy", "uniform")

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from stprivacy import evaluate_transform
-from stprivacy.attack_report import to_markdown, write_evaluation
-from stprivacy.baselines import BASELINE_NAMES
+from stprivacy.attack.report import to_markdown, write_evaluation
+from stprivacy.methods.baselines import BASELINE_NAMES
 from stprivacy.cli import main as cli
 from stprivacy.commands.demo import FULL, TINY, _train_config
 from stprivacy.data.synthetic import SyntheticVideos

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 from stprivacy.commands.demo import FULL, _train_config
 from stprivacy.data.synthetic import actor_keep_masks, materialize
 from stprivacy.model import STPrivacyConfig
-from stprivacy.seed_table import git_commit, machine
+from stprivacy.attack.seed_table import git_commit, machine
 from stprivacy.train import build_dataset, dataset_sizes
 from stprivacy.train.evaluation import fit_recognizers
 

@@ -17,7 +17,7 @@ import torch
 from stprivacy.commands.demo import FULL, _train_config, apply_overrides
 from stprivacy.data.synthetic import actor_keep_masks, materialize
 from stprivacy.model import STPrivacy, STPrivacyConfig
-from stprivacy.seed_table import git_commit, machine
+from stprivacy.attack.seed_table import git_commit, machine
 from stprivacy.train import build_dataset, dataset_sizes
 from stprivacy.train.anonymizer import train_initialization
 from stprivacy.train.common import make_recognizer

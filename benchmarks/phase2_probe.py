@@ -39,7 +39,7 @@ from sklearn.model_selection import cross_val_predict
 from stprivacy.commands.demo import FULL, TINY, _train_config, apply_overrides
 from stprivacy.data.synthetic import CELL_ACTOR, PRIVACY_ATTRIBUTES, materialize
 from stprivacy.model import STPrivacy, STPrivacyConfig
-from stprivacy.seed_table import git_commit, machine
+from stprivacy.attack.seed_table import git_commit, machine
 from stprivacy.train import build_dataset, dataset_sizes, evaluate_stprivacy
 from stprivacy.train.anonymizer import _trainable, train_adversarial, train_initialization
 from stprivacy.train.common import backbone_lr, clip_and_step, make_optimizer, make_recognizer, set_lr

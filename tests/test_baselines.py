@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stprivacy import baselines
-from stprivacy.baselines import BASELINE_NAMES, downsample, gaussian_blur, make_baseline
+from stprivacy.methods import baselines
+from stprivacy.methods.baselines import BASELINE_NAMES, downsample, gaussian_blur, make_baseline
 
 
 def _video(seed=0, shape=(2, 3, 4, 32, 32)):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import stprivacy.blackening as blackening
-from stprivacy.blackening import FaceBlackener, blacken_faces
+import stprivacy.methods.blackening as blackening
+from stprivacy.methods.blackening import FaceBlackener, blacken_faces
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
-from stprivacy import metrics
+from stprivacy.attack import metrics
 
 
 def _sklearn_scores(targets, scores):

@@ -12,7 +12,7 @@ from stprivacy.data.hmdb51 import HMDB51
 from stprivacy.data.ucf101 import UCF101
 from stprivacy.data.privacy_labels import load_privacy_labels
 from stprivacy.model import STPrivacy, STPrivacyConfig
-from stprivacy.protocols import cross_dataset_tag, run_protocol
+from stprivacy.attack.protocols import cross_dataset_tag, run_protocol
 from stprivacy.train.config import TrainConfig
 from stprivacy.train.evaluation import stprivacy_transform
 from video_factory import real_names, truncate, write_test_video

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from stprivacy import seed_table
-from stprivacy.verdict import ablation_finding, combine_attackers, demo_target, tradeoff_margin
+from stprivacy.attack import seed_table
+from stprivacy.attack.verdict import ablation_finding, combine_attackers, demo_target, tradeoff_margin
 
 BASELINES = ("raw", "blur")
 

@@ -8,8 +8,8 @@ comparison with the per-attribute AP and writes ``report.json``, ``examples.png`
 Figure 3: raw / sparsified / anonymized) and ``tradeoff.png`` (top-1 vs cMAP).
 
 Every method is attacked by pixel-only recognizers; the ones that drop tubelets also by
-mask-aware ones, and each row reports its stronger attacker (``stprivacy.verdict``).
-``--seeds`` runs the demo once per seed and writes the seed table (``stprivacy.seed_table``).
+mask-aware ones, and each row reports its stronger attacker (``stprivacy.attack.verdict``).
+``--seeds`` runs the demo once per seed and writes the seed table (``stprivacy.attack.seed_table``).
 """
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from .. import seed_table, viz
+from ..attack import seed_table, viz
 from ..errors import UsageError
-from ..baselines import BASELINE_NAMES
+from ..methods.baselines import BASELINE_NAMES
 from ..data.synthetic import PRIVACY_ATTRIBUTES, SyntheticVideos, actor_keep_masks, materialize
 from ..model import STPrivacy, STPrivacyConfig, VideoClassifier
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_baseline, evaluate_stprivacy, train_anonymizer
 from ..train.anonymizer import check_filter_prior
 from ..train.evaluation import attack_transformed
-from ..verdict import ATTACKERS, demo_target
+from ..attack.verdict import ATTACKERS, demo_target
 
 ORACLE = "oracle: actor tubelets only"
 SPARSIFICATION_ONLY = "sparsification only (no PAB)"

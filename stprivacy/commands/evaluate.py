@@ -25,14 +25,14 @@ import os
 import shlex
 from pathlib import Path
 
-from ..attack import (attacker_names, baseline_method, build_splits, evaluate_methods, folder_method,
+from ..attack.evaluate import (attacker_names, baseline_method, build_splits, evaluate_methods, folder_method,
                       stprivacy_method)
-from ..attack_report import to_markdown, write_evaluation
-from ..baselines import BASELINE_NAMES, DETECTOR_BASELINES
+from ..attack.report import to_markdown, write_evaluation
+from ..methods.baselines import BASELINE_NAMES, DETECTOR_BASELINES
 from ..data.transformed import ON_MISSING
 from ..errors import InputNotFoundError, UsageError
 from ..model import STPrivacy, STPrivacyConfig
-from ..protocols import add_protocol_arguments
+from ..attack.protocols import add_protocol_arguments
 from ..train import TrainConfig, load_checkpoint
 from ..train.checkpoint import CheckpointError
 from ..train.distributed import barrier, init_from_env, is_main, shutdown

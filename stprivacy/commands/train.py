@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, InputNotFoundError, UsageError
 from ..model import STPrivacyConfig
-from ..protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
+from ..attack.protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
 from ..train.anonymizer import check_filter_prior
 from ..train.distributed import barrier, init_from_env, is_main, shutdown
@@ -181,7 +181,7 @@ def _train(args: argparse.Namespace, model_cfg: STPrivacyConfig, cfg: TrainConfi
     model, history = train_anonymizer(model_cfg, cfg, train_set, num_classes=num_classes,
                                       num_attributes=num_attributes, out_dir=args.out, resume=args.resume)
     report: dict[str, Any] = {"config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, "history": history}
-    # Real videos, frame-level or cross-dataset: stprivacy.protocols, which are not sharded (rank 0 runs them alone).
+    # Real videos, frame-level or cross-dataset: stprivacy.attack.protocols, which are not sharded (rank 0 runs them alone).
     streaming = not args.skip_evaluation and uses_protocols(args, train_set)
     if not args.skip_evaluation:
         if streaming:

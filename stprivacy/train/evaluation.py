@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .. import metrics
-from ..verdict import check_attackers, combine_attackers
+from ..attack import metrics
+from ..attack.verdict import check_attackers, combine_attackers
 from ..model import STPrivacy, STPrivacyConfig
 from ..progress import progress_bar
 from .checkpoint import load_latest, rng_state, save_rotating, set_rng_state
@@ -222,7 +222,7 @@ def attack_transformed(train_data: TensorDataset, test_data: TensorDataset, mode
                        init: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """Fresh recognizers of each kind in ``attackers`` trained on already transformed data
     (:func:`transform_dataset`'s layout) and tested; combined by
-    :func:`stprivacy.verdict.combine_attackers`. ``state_dir`` holds one checkpoint folder per
+    :func:`stprivacy.attack.verdict.combine_attackers`. ``state_dir`` holds one checkpoint folder per
     attacker; ``init``: see :func:`fit_recognizers`."""
     attackers = check_attackers(attackers)
     # Nothing dropped: the mask-aware attacker is the pixel-only one, run once.
@@ -252,11 +252,11 @@ def evaluate_anonymizer(transform: Anonymizer, train_set: Dataset, test_set: Dat
     losses under the phase name ``evaluation/<name>``).
 
     Args:
-        attackers: which fresh recognizers attack the output (``stprivacy.verdict.ATTACKERS``):
+        attackers: which fresh recognizers attack the output (``stprivacy.attack.verdict.ATTACKERS``):
             "pixels" see the released video only, "mask" also get the transform's keep mask. A
             transform that drops nothing has no mask, so "mask" is then the same attacker as
             "pixels" and runs once. The result combines them by
-            :func:`stprivacy.verdict.combine_attackers`; each one's numbers are kept under
+            :func:`stprivacy.attack.verdict.combine_attackers`; each one's numbers are kept under
             ``"attackers"``.
         state_dir, resume: with ``state_dir``, the recognizers' checkpoints go to
             ``state_dir/<name>/<attacker>/`` and the result to ``state_dir/<name>/result.json``;

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..baselines import make_baseline
+from ..methods.baselines import make_baseline
 from ..model import STPrivacy, STPrivacyConfig
 from ..model.pretrained import load_pretrained_vit
-from ..verdict import ATTACKERS
+from ..attack.verdict import ATTACKERS
 from .anonymizer import check_filter_prior, train_adversarial, train_initialization
 from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from .common import make_recognizer
@@ -155,7 +155,7 @@ def evaluate_stprivacy(model: STPrivacy, cfg: TrainConfig, train_set: Dataset, t
 def evaluate_baseline(name: str, model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Dataset,
                       test_set: Dataset, *, num_classes: int, num_attributes: int,
                       logger: RunLogger | None = None) -> dict[str, Any]:
-    """Phase 3 for one of ``stprivacy.baselines.BASELINE_NAMES`` (a pixel-only attacker: a baseline
+    """Phase 3 for one of ``stprivacy.methods.baselines.BASELINE_NAMES`` (a pixel-only attacker: a baseline
     drops nothing, so it has no mask)."""
     torch.manual_seed(cfg.seed + 1)
     transform = baseline_transform(make_baseline(name, model_cfg.image_size))

@@ -2,7 +2,7 @@
 
 A *method* is a frozen transform and the two splits it is evaluated on (:class:`Method`):
 
-* a built-in baseline (:mod:`stprivacy.baselines`) or a trained STPrivacy at a keep ratio;
+* a built-in baseline (:mod:`stprivacy.methods.baselines`) or a trained STPrivacy at a keep ratio;
 * any callable ``Tensor[B, 3, T, H, W] -> Tensor[B, 3, T, H, W]``, e.g. a torch module of someone
   else's method (:func:`transform_method`, :func:`evaluate_transform`);
 * a folder of a method's anonymized videos (``stprivacy evaluate --transformed-root``), read as
@@ -13,14 +13,14 @@ transformed training videos, tested on its transformed test videos.
 
 * ``"video"``: the video-level ViTs trained from scratch, the paper's protocol (Table 1): an
   action and a privacy recognizer (top-1, class-wise F1, cMAP, per-attribute AP). For STPrivacy
-  they come as pixel-only and mask-aware recognizers, combined by :mod:`stprivacy.verdict`.
+  they come as pixel-only and mask-aware recognizers, combined by :mod:`stprivacy.attack.verdict`.
 * ``"frame"``: a 2D ViT privacy recognizer on single frames (Table 3); its numbers per frame and,
   with the frame logits averaged, per video.
 * ``"video_imagenet"`` / ``"frame_imagenet"``: the same, initialized from a local ImageNet ViT-S
   file (``imagenet_vit``), a stronger attacker (its heads stay random).
 
 The loops are the existing ones: :func:`stprivacy.train.evaluation.evaluate_anonymizer` for the
-video attackers on a dataset held in memory (the synthetic benchmark), :mod:`stprivacy.protocols`
+video attackers on a dataset held in memory (the synthetic benchmark), :mod:`stprivacy.attack.protocols`
 for video files and for the frame attackers. Every (method, attacker) run starts from
 ``torch.manual_seed(cfg.seed + 1)`` and shuffles with generators seeded by ``cfg.seed``, so a row
 does not depend on the rows before it: a byte copy of the dataset, or the identity transform,
@@ -29,7 +29,7 @@ reproduces the raw baseline's numbers exactly.
 A row (``evaluation["rows"][name]``) keeps every attacker's result under ``"attackers"`` and
 sums them up as the verdict module does: privacy (``cmap``, ``f1``, ``ap``, all per video) from
 the attacker that recovers more (higher cMAP: ``privacy_from``), ``top1`` from the better video
-action recognizer (``top1_from``). :mod:`stprivacy.attack_report` writes the table and the plot.
+action recognizer (``top1_from``). :mod:`stprivacy.attack.report` writes the table and the plot.
 """
 from __future__ import annotations
 
@@ -43,22 +43,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .baselines import make_baseline
-from .data.transformed import transformed_folder
-from .errors import InputNotFoundError, UsageError
-from .model import FrameClassifier, STPrivacy, STPrivacyConfig
-from .model.pretrained import load_pretrained_vit, load_vit_checkpoint
+from ..methods.baselines import make_baseline
+from ..data.transformed import transformed_folder
+from ..errors import InputNotFoundError, UsageError
+from ..model import FrameClassifier, STPrivacy, STPrivacyConfig
+from ..model.pretrained import load_pretrained_vit, load_vit_checkpoint
 from .protocols import _frame_overrides, run_protocol
 from .seed_table import git_commit, machine
-from .train.common import make_recognizer
-from .train.config import TrainConfig
-from .train.distributed import world_size
-from .train.evaluation import Anonymizer, baseline_transform, evaluate_anonymizer, stprivacy_transform
-from .train.protocol import dataset_sizes
-from .verdict import ATTACKERS
-
-# attacker name -> the protocol it runs
-ATTACKER_PROTOCOL = {"video": "video", "frame": "frame", "video_imagenet": "video", "frame_imagenet": "frame"}
+from ..train.common import make_recognizer
+from ..train.config import TrainConfig
+from ..train.distributed import world_size
+from ..train.evaluation import Anonymizer, baseline_transform, evaluate_anonymizer, stprivacy_transform
+from ..train.protocol import dataset_sizes
+from .report import write_evaluation
+from .verdict import ATTACKER_PROTOCOL, ATTACKERS
 
 
 @dataclass
@@ -66,7 +64,7 @@ class Method:
     """One row of the table: a frozen transform, the splits it runs on, and facts for the report.
 
     Attributes:
-        sees: what the video attacker gets (``stprivacy.verdict.ATTACKERS``): ``("pixels",)`` for
+        sees: what the video attacker gets (``stprivacy.attack.verdict.ATTACKERS``): ``("pixels",)`` for
             transforms that drop nothing, both for STPrivacy (its keep mask too).
         info: JSON facts copied into the row (``root`` and ``left_out`` of a folder, ``alpha``).
     """
@@ -108,7 +106,7 @@ def transform_method(name: str, fn: Callable[[Tensor], Tensor], train_set: Datas
 
 
 def baseline_method(name: str, model_cfg: STPrivacyConfig, train_set: Dataset, test_set: Dataset) -> Method:
-    """One of ``stprivacy.baselines.BASELINE_NAMES`` (or ``blacken_faces``)."""
+    """One of ``stprivacy.methods.baselines.BASELINE_NAMES`` (or ``blacken_faces``)."""
     return Method(name, baseline_transform(make_baseline(name, model_cfg.image_size)), train_set, test_set, "baseline")
 
 
@@ -259,7 +257,7 @@ def build_splits(dataset: str | tuple[Dataset, Dataset], model_cfg: STPrivacyCon
     """(train split, test split, dataset name) of a dataset name (built for ``model_cfg``'s clips with
     ``dataset_kwargs``, default ``cfg.dataset_kwargs`` for ``cfg.dataset``) or of a pair."""
     if isinstance(dataset, str):
-        from .train.data_factory import build_dataset
+        from ..train.data_factory import build_dataset
 
         kwargs = dataset_kwargs if dataset_kwargs is not None else (cfg.dataset_kwargs if dataset == cfg.dataset
                                                                     else {})
@@ -307,7 +305,5 @@ def evaluate_transform(transform: Callable[[Tensor], Tensor], dataset: str | tup
     evaluation = evaluate_methods(methods, model_cfg, cfg, attackers=attackers, imagenet_vit=imagenet_vit,
                                   trained_on=trained_on, evaluated_on=evaluated_on)
     if out is not None:
-        from .attack_report import write_evaluation
-
         write_evaluation(evaluation, out)
     return evaluation

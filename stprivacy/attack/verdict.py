@@ -20,7 +20,9 @@ from collections.abc import Iterable, Mapping
 from statistics import median
 from typing import Any
 
-ATTACKERS = ("pixels", "mask")
+ATTACKERS = ("pixels", "mask")  # what a video attacker of a method that drops tubelets sees
+# attacker name -> the protocol it runs (stprivacy.attack.evaluate, stprivacy.attack.protocols)
+ATTACKER_PROTOCOL = {"video": "video", "frame": "frame", "video_imagenet": "video", "frame_imagenet": "frame"}
 TOP1_GAP_POINTS = 5.0  # STPrivacy's top-1 may trail raw by at most this many points
 COMPETITIVE_POINTS = 10.0  # a baseline within this many top-1 points of raw is "competitive"
 

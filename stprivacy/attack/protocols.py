@@ -32,13 +32,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import metrics
-from .data.video_dataset import collate_videos
-from .errors import DatasetError
-from .model import FrameClassifier, STPrivacy, STPrivacyConfig
-from .model.pretrained import load_pretrained_vit
-from .progress import progress_bar
-from .train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
-from .train.config import TrainConfig, get_lr
+from ..data.video_dataset import collate_videos
+from ..errors import DatasetError
+from ..model import FrameClassifier, STPrivacy, STPrivacyConfig
+from ..model.pretrained import load_pretrained_vit
+from ..progress import progress_bar
+from ..train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
+from ..train.config import TrainConfig, get_lr
 from .verdict import ATTACKERS, check_attackers, combine_attackers
 
 # A frozen anonymizer: Tensor[B, C, T, H, W] -> (Tensor[B, C, T, H, W], keep Tensor[B, L, N] or None).
@@ -89,9 +89,9 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
     """The video-level protocol with the anonymizer applied on the fly.
 
     Each batch is anonymized once and trains one fresh pair of recognizers (action, privacy) per
-    attacker in ``attackers`` (``stprivacy.verdict.ATTACKERS``: "pixels" see the released video
+    attacker in ``attackers`` (``stprivacy.attack.verdict.ATTACKERS``: "pixels" see the released video
     only, "mask" also the keep mask); the result combines them by
-    :func:`stprivacy.verdict.combine_attackers`. ``init``: an ImageNet ViT state dict the fresh
+    :func:`stprivacy.attack.verdict.combine_attackers`. ``init``: an ImageNet ViT state dict the fresh
     recognizers start from (:func:`stprivacy.train.common.make_recognizer`); None = from scratch.
 
     Returns:
@@ -292,8 +292,8 @@ def evaluate_with_protocol(model: STPrivacy, cfg: TrainConfig, args: argparse.Na
     Returns:
         ``{str(ratio): result}``, each result tagged with ``trained_on`` / ``evaluated_on``.
     """
-    from .train.data_factory import build_dataset
-    from .train.evaluation import stprivacy_transform
+    from ..train.data_factory import build_dataset
+    from ..train.evaluation import stprivacy_transform
 
     evaluated_on = cfg.dataset
     if args.eval_dataset is not None:

@@ -6,7 +6,7 @@
   stronger attacker, and the videos a transformed folder did not supply, by name.
 * ``tradeoff.png``: action top-1 against privacy cMAP (the stronger attacker of each method), STPrivacy's
   keep ratios as a line, the user's methods marked among the baselines
-  (:func:`stprivacy.viz.plot_tradeoff`). Needs a video attacker (the frame one has no top-1).
+  (:func:`stprivacy.attack.viz.plot_tradeoff`). Needs a video attacker (the frame one has no top-1).
 
 The command line prints the same markdown.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .attack import ATTACKER_PROTOCOL
+from .verdict import ATTACKER_PROTOCOL
 from .seed_table import _pct, write_json_and_markdown
 
 ATTACKER_TITLES = {

@@ -2,7 +2,7 @@
 
 Each seed's run leaves ``DIR/seed_<s>/report.json``; :func:`build` reads them back and makes one
 table: every seed's row, the spread (min / median / max), the verdict (the demo's target met on
-at least 9 in 10 of the seeds) and the ablation finding (``stprivacy.verdict``), with the commit,
+at least 9 in 10 of the seeds) and the ablation finding (``stprivacy.attack.verdict``), with the commit,
 the machine and the thread count the runs came from. :func:`write` saves it as markdown and JSON.
 """
 from __future__ import annotations
