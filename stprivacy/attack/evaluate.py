@@ -43,19 +43,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..methods.baselines import make_baseline
 from ..data.transformed import transformed_folder
 from ..errors import InputNotFoundError, UsageError
+from ..methods.baselines import BASELINE_REGIONS, make_baseline
 from ..model import FrameClassifier, STPrivacy, STPrivacyConfig
 from ..model.pretrained import load_pretrained_vit, load_vit_checkpoint
-from .protocols import _frame_overrides, run_protocol
-from .seed_table import git_commit, machine
 from ..train.common import make_recognizer
 from ..train.config import TrainConfig
 from ..train.distributed import world_size
 from ..train.evaluation import Anonymizer, baseline_transform, evaluate_anonymizer, stprivacy_transform
 from ..train.protocol import dataset_sizes
+from .protocols import _frame_overrides, run_protocol
 from .report import write_evaluation
+from .seed_table import git_commit, machine
 from .verdict import ATTACKER_PROTOCOL, ATTACKERS
 
 
@@ -106,8 +106,10 @@ def transform_method(name: str, fn: Callable[[Tensor], Tensor], train_set: Datas
 
 
 def baseline_method(name: str, model_cfg: STPrivacyConfig, train_set: Dataset, test_set: Dataset) -> Method:
-    """One of ``stprivacy.methods.baselines.BASELINE_NAMES`` (or ``blacken_faces``)."""
-    return Method(name, baseline_transform(make_baseline(name, model_cfg.image_size)), train_set, test_set, "baseline")
+    """One of ``stprivacy.methods.baselines.ALL_BASELINES``; its row says what part of the frame it
+    changes (``"region"``: whole frame, person region, ...)."""
+    return Method(name, baseline_transform(make_baseline(name, model_cfg.image_size)), train_set, test_set, "baseline",
+                  info={"region": BASELINE_REGIONS[name]})
 
 
 def stprivacy_method(model: STPrivacy, keep_ratio: float, train_set: Dataset, test_set: Dataset) -> Method:
@@ -166,8 +168,15 @@ def _attack(method: Method, attacker: str, model_cfg: STPrivacyConfig, cfg: Trai
     protocol = ATTACKER_PROTOCOL[attacker]
     init = init if attacker.endswith("_imagenet") else None
     name = f"{method.name} [{attacker}]"
+    in_memory = protocol == "video" and not hasattr(method.train_set, "collate_fn")
+    if not in_memory and getattr(method.transform, "takes_region", False) and hasattr(method.train_set,
+                                                                                     "person_region"):
+        # Only the in-memory loop hands a baseline the dataset's regions; the streaming ones would
+        # let it run its person detector on videos whose region the dataset knows.
+        raise UsageError(f"{method.name}: the {attacker!r} attacker does not pass the dataset's person regions to "
+                         "the baseline; evaluate it with the 'video' attacker")
     torch.manual_seed(cfg.seed + 1)  # every run starts alike: a row does not depend on the rows before it
-    if protocol == "video" and not hasattr(method.train_set, "collate_fn"):  # held in memory
+    if in_memory:  # held in memory
         return evaluate_anonymizer(method.transform, method.train_set, method.test_set, model_cfg, cfg,
                                    num_classes=num_classes, num_attributes=num_attributes, name=name,
                                    attackers=method.sees, init=init)

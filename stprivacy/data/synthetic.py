@@ -325,6 +325,22 @@ class SyntheticVideos(Dataset):
         """What each cell of video ``index`` holds: Tensor[grid, grid] of ``CELL_*`` codes."""
         return make_video(self.spec, self.video_seed(index % self.num_videos), return_layout=True)[3]
 
+    def person_region(self, index: int) -> Tensor:
+        """Where the person (the actor) is in video ``index``: Tensor[T, H, W] bool, the same in
+        every frame (the actor's texture drifts inside a fixed 2x2-cell region).
+
+        The person-region baselines (``stprivacy.methods.baselines``) read it instead of running
+        a person detector, which would find nothing in these videos. It regenerates the video,
+        so it costs as much as ``self[index]``."""
+        pixels = actor_region(self.layout(index), self.spec.cell)
+        return pixels.expand(self.spec.frames, -1, -1).contiguous()
+
+
+def actor_region(layout: Tensor, cell: int) -> Tensor:
+    """The actor's pixels of a video: Tensor[H, W] bool, from its Tensor[grid, grid] ``layout``
+    (``make_video(..., return_layout=True)``) and the cell size in pixels."""
+    return (layout == CELL_ACTOR).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+
 
 def actor_keep_masks(dataset: SyntheticVideos, time_steps: int) -> Tensor:
     """The oracle sparsifier's masks: ``Tensor[M, time_steps, grid * grid]``, 1 exactly on each
@@ -358,6 +374,7 @@ __all__ = [
     "SyntheticSpec",
     "SyntheticVideos",
     "actor_keep_masks",
+    "actor_region",
     "make_video",
     "materialize",
     "render_actor",

@@ -5,7 +5,9 @@ The detector is OpenCV's Viola-Jones frontal-face Haar cascade, which ships insi
 wheels no longer bundle the cascades, hence ``opencv-python-headless<5`` in the dependencies.
 It is a weak detector by today's standards (frontal faces only, misses small and turned faces),
 which is the point of the baseline: hiding only detected faces leaves skin color, gender, nudity
-and relationship cues, and whatever faces the detector misses, in the video.
+and relationship cues, and whatever faces the detector misses, in the video. It is not the
+paper's Blackening, which blackens the whole detected person (``person_blacken`` in
+:mod:`stprivacy.methods.baselines`).
 
 Two choices that matter at 112 px: frames are upscaled (``upscale``, 2x by default) before
 detection, because the cascade's smallest window is 24 px; and a box detected at frame t also

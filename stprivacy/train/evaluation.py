@@ -49,8 +49,29 @@ def stprivacy_transform(model: STPrivacy, keep_ratio: float | None = None) -> An
 
 
 def baseline_transform(fn: Callable[[Tensor], Tensor]) -> Anonymizer:
-    """A fixed frame-wise transform (raw, downsampling, blur) as an anonymizer."""
+    """A fixed transform (raw, downsampling, blur, ...) as an anonymizer.
+
+    A baseline with ``takes_region`` (the person-region ones, the oracle control; see
+    :mod:`stprivacy.methods.baselines`) is called ``fn(video, region)``: its anonymizer takes
+    ``(video, region=None)`` and carries ``takes_region`` too, so that :func:`transform_dataset`
+    hands it each video's ``Tensor[T, H, W]`` bool region where the dataset has
+    ``person_region(index)``.
+    """
+    if getattr(fn, "takes_region", False):
+        def transform(video: Tensor, region: Tensor | None = None) -> tuple[Tensor, None]:
+            return fn(video, region), None
+
+        transform.takes_region = True
+        return transform
     return lambda video: (fn(video), None)
+
+
+def _region_reader(transform: Anonymizer, dataset: Dataset) -> Callable[[list[int]], Tensor] | None:
+    """Reads the regions of a batch of videos (by index) for a transform that takes them from a
+    dataset that has them; None otherwise (the transform then finds them itself, or refuses)."""
+    if not getattr(transform, "takes_region", False) or not hasattr(dataset, "person_region"):
+        return None
+    return lambda indices: torch.stack([dataset.person_region(i) for i in indices])
 
 
 @torch.no_grad()
@@ -65,12 +86,20 @@ def transform_dataset(transform: Anonymizer, dataset: Dataset, cfg: TrainConfig,
     contiguous block and every rank receives the whole result, in dataset order.
     """
     device = resolve_device(cfg.device)
-    block = Subset(dataset, list(shard_range(len(dataset))))
+    indices = list(shard_range(len(dataset)))
+    block = Subset(dataset, indices)
     loader = DataLoader(block, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    read_regions = _region_reader(transform, dataset)
     videos, keeps, actions, privacy = [], [], [], []
+    done = 0  # videos of the block transformed so far: the next batch's indices follow (no shuffling)
     for video, action, priv in progress_bar(loader, desc=desc, unit="batch", leave=False,
                                             disable=not (cfg.progress and is_main())):
-        out, keep = transform(video.to(device))
+        if read_regions is None:
+            out, keep = transform(video.to(device))
+        else:
+            region = read_regions(indices[done : done + len(video)]).to(device)
+            out, keep = transform(video.to(device), region)
+        done += len(video)
         videos.append(out.cpu())
         keeps.append(keep if keep is None else keep.cpu())
         actions.append(action)
