@@ -8,15 +8,12 @@ the cache when the phase-1 code changes), phase
 and the per-attribute AP of the stronger attacker: the STPrivacy row of a demo run in about a
 third of its time. One thread.
 
-Two references replace phase 2, to separate what the anonymization block *can* output from what
-the adversarial phase makes it output:
-
-* ``--fit-grey``: the parameters phase 2 would train (``train.adversarial_trains``) are fitted
-  for as many steps, at phase 2's learning rate, to a supervised target, every kept tubelet's
-  pixels turned grey (each channel the mean of the three). That is the anonymization the tint
-  asks for, given directly: if the block cannot learn it, no adversary can teach it.
-* ``--grey`` (with ``--set model.pab_color_skip=true``): no training, the colour skip of the
-  phase-1 anonymizer set to grey by hand, so the kept tubelets are exactly grey.
+A reference replaces phase 2 with ``--fit-grey``, to separate what the anonymization block *can*
+output from what the adversarial phase makes it output: the parameters phase 2 would train
+(``train.adversarial_trains``) are fitted for as many steps, at phase 2's learning rates, to a
+supervised target, every kept tubelet's pixels turned grey (each channel the mean of the three).
+That is the anonymization the tint asks for, given directly: if the block cannot learn it, no
+adversary can teach it.
 
 Besides the protocol's attackers, the ``tint`` column is the AP of ``skin_color`` for a logistic
 regression (4-fold cross-validated) on seven colour statistics of each clip's kept pixels (the
@@ -47,8 +44,7 @@ from stprivacy.train.config import get_lr
 
 # TrainConfig fields that only phase 2 (or 3) reads: changing them reuses the cached phase 1.
 _PHASE2_FIELDS = {"adv_epochs", "eval_epochs", "adversarial_trains", "lambda_action", "lambda_privacy",
-                  "privacy_adversary", "privacy_restart_epochs", "privacy_steps", "adversarial_lr_scale",
-                  "eval_keep_ratios", "lambda_filter"}
+                  "privacy_adversary", "privacy_steps", "eval_keep_ratios", "lambda_filter"}
 
 
 def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
@@ -69,10 +65,9 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
     privacy_rec = make_recognizer(model_cfg, cfg, num_attributes, multilabel=True)
     phase1_fields = {k: v for k, v in cfg.to_dict().items() if k not in _PHASE2_FIELDS and k != "progress"}
-    # The colour skip and the filter start as the identity and phase 1 (initialization_trains=
-    # "sparsifier") leaves the PAB as initialized, so phase 1 is the same with or without them.
-    model_fields = {k: v for k, v in model_cfg.to_dict().items()
-                    if k not in ("pab_color_skip", "pab_filter", "pab_filter_sigma")}
+    # The filter starts as the identity and phase 1 (initialization_trains="sparsifier") leaves
+    # the PAB as initialized, so phase 1 is the same with or without it.
+    model_fields = {k: v for k, v in model_cfg.to_dict().items() if k not in ("pab_filter", "pab_filter_sigma")}
     key = hashlib.sha256(json.dumps([model_fields, phase1_fields], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     path = cache / f"seed{seed}_{key}.pt"
@@ -81,7 +76,7 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
         state = torch.load(path, weights_only=True)
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         # (With the filter the PAB has no head; load_state_dict skips the cached head's keys.)
-        assert not unexpected and all(".color_skip." in k or ".filter." in k for k in missing), (missing, unexpected)
+        assert not unexpected and all(".filter." in k for k in missing), (missing, unexpected)
         action_rec.load_state_dict(state["action"])
         torch.set_rng_state(state["rng"])
     else:
@@ -97,8 +92,7 @@ def fit_grey(model: STPrivacy, train, cfg) -> list[float]:
     learning rates to make every kept tubelet grey; returns the mean squared error per epoch."""
     videos = train.tensors[0]
     batches = len(videos) // cfg.batch_size
-    total, warmup = cfg.adv_epochs * batches, round(cfg.warmup_epochs * batches)
-    peak = cfg.peak_lr * cfg.adversarial_lr_scale
+    total, warmup, peak = cfg.adv_epochs * batches, round(cfg.warmup_epochs * batches), cfg.peak_lr
     order = torch.Generator().manual_seed(cfg.seed)
     errors = []
     with _trainable(model, cfg.adversarial_trains):
@@ -147,32 +141,23 @@ def tint_leak(model: STPrivacy, test) -> float:
     return float(average_precision_score(labels, scores))
 
 
-def probe(seed: int, overrides: list[str], cache: Path, grey: bool = False, supervised_grey: bool = False,
-          tiny: bool = False) -> dict:
-    """Phase 2 (or, with ``grey``, no phase 2 but the colour skip set to grey; with
-    ``supervised_grey``, :func:`fit_grey` instead of phase 2) and the protocol."""
-    settings, model_cfg, cfg, train, test, test_raw, model, action_rec, privacy_rec, seconds = phase1(
+def probe(seed: int, overrides: list[str], cache: Path, supervised_grey: bool = False, tiny: bool = False) -> dict:
+    """Phase 2 (with ``supervised_grey``, :func:`fit_grey` instead) and the protocol."""
+    settings, _, cfg, train, test, test_raw, model, action_rec, privacy_rec, seconds = phase1(
         seed, overrides, cache, tiny)
     num_classes, num_attributes = action_rec.num_classes, privacy_rec.num_classes
     t1 = time.perf_counter()
     history = {"loss_privacy": []}
     if supervised_grey:
         history = {"loss_privacy": [], "grey_mse": fit_grey(model, train, cfg)}
-    elif grey:
-        if model.pab is None or model.pab.color_skip is None:
-            raise SystemExit("--grey needs --set model.pab_color_skip=true")
-        with torch.no_grad():  # every output channel the mean of the input's: no colour left
-            model.pab.color_skip.weight.fill_(1.0 / model_cfg.in_chans)
     else:
         history = train_adversarial(model, action_rec, privacy_rec, train, cfg)
     t2 = time.perf_counter()
     row = evaluate_stprivacy(model.eval(), cfg, train, test, keep_ratios=[settings.alpha],
                              num_classes=num_classes, num_attributes=num_attributes)[f"{settings.alpha:g}"]
     t3 = time.perf_counter()
-    skip = model.pab.color_skip if model.pab is not None else None
     return row | {"seconds": (seconds, t2 - t1, t3 - t2), "loss_privacy": history["loss_privacy"],
                   "grey_mse": history.get("grey_mse"), "tint_leak": tint_leak(model, test),
-                  "color_skip": None if skip is None else skip.weight.detach().tolist(),
                   "filter_gates": filter_gates(model, test_raw)}
 
 
@@ -211,8 +196,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[4])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--grey", action="store_true",
-                        help="no phase 2: set the phase-1 anonymizer's colour skip to grey (model.pab_color_skip)")
     parser.add_argument("--fit-grey", action="store_true",
                         help="no phase 2: fit what it trains to make the kept tubelets grey (a supervised reference)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stpriv_phase1_cache"))
@@ -222,7 +205,7 @@ def main() -> None:
     names = " ".join(f"{a[:6]:>6}" for a in PRIVACY_ATTRIBUTES)
     print(f"{'seed':>4} {'top-1':>6} {'cMAP':>6} {'from':>6}  AP: {names}   tint   s (phase 1 / 2 / 3)")
     for seed in args.seeds:
-        r = probe(seed, args.overrides, args.cache, grey=args.grey, supervised_grey=args.fit_grey)
+        r = probe(seed, args.overrides, args.cache, supervised_grey=args.fit_grey)
         ap = " ".join(f"{100 * a:6.1f}" for a in r["ap"])
         s = " / ".join(f"{x:.0f}" for x in r["seconds"])
         print(f"{seed:>4} {100 * r['top1']:6.1f} {100 * r['cmap']:6.1f} {r['privacy_from']:>6}      {ap}  "
@@ -234,8 +217,6 @@ def main() -> None:
         if r["filter_gates"] is not None:
             print("     filter gates (desaturation, blur) of the kept tubelets:",
                   "; ".join(f"{k} {g[0]:.2f}, {g[1]:.2f}" for k, g in r["filter_gates"].items()), flush=True)
-        if r["color_skip"] is not None:
-            print("     colour skip weights:", [[round(w, 2) for w in row] for row in r["color_skip"]], flush=True)
 
 
 if __name__ == "__main__":

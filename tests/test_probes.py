@@ -28,12 +28,12 @@ def test_tint_reader_reads_the_raw_actor_and_not_a_grey_one():
     probe = _probe_module()
     torch.manual_seed(0)
     test = materialize(SyntheticVideos("test", 160, seed=3))
-    # No sparsification, a residual PAB with a zero head: the output is the input, tint and all.
+    # No sparsification, a PAB filter with closed gates: the output is the input, tint and all.
     model = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, use_psb=False, pab_residual=True,
-                                            pab_color_skip=True))
+                                            pab_filter=True))
     raw = probe.tint_leak(model, test)
     with torch.no_grad():
-        model.pab.color_skip.weight.fill_(1 / 3)  # every channel the mean of the three: no colour left
+        model.pab.filter.bias.copy_(torch.tensor([1.0, 0.0]))  # desaturate fully: no colour left
     grey = probe.tint_leak(model, test)
     assert raw > 0.9, f"raw video: tint AP {raw:.3f}"
     assert grey < 0.7, f"grey video: tint AP {grey:.3f}"

@@ -1,11 +1,15 @@
 """The model against the authors' released forward (github.com/ming1993li/stprivacy, stprivacy.py).
 
 ``release_forward`` below restates that forward in plain PyTorch (DeiT blocks, the predictor, the
-per-frame top-k and the decoder over the kept tokens), reading the weights under the release's
-keys. Our model, loaded from the same state dict, must decode the same video in float64.
+per-frame top-k and the decoder over the kept tokens; in training the hard Gumbel-softmax and the
+masked attention over every token), reading the weights under the release's keys. Our model,
+loaded from the same state dict, must decode the same video in float64, and in training, with
+its default options (those of ``STPrivacyConfig.vit_s()``, here at small sizes), pass the same
+gradients to its parameters, the keep predictors included.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,8 +18,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import save_file
 
-from stprivacy.model import STPrivacy, STPrivacyConfig
+from stprivacy.model import STPrivacy, STPrivacyConfig, ops
+from stprivacy.model.ops import gumbel_keep as _gumbel_keep
 from stprivacy.model.release import load_release_weights, release_state_dict
+from train_fixtures import one_thread
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def _ln(x, w, prefix, eps):
@@ -65,11 +73,24 @@ def _predictor(x, w, m, t, policy):
     return torch.log_softmax(_lin(x, w, p + ".out_conv.4"), dim=-1)
 
 
-def release_forward(w, cfg: STPrivacyConfig, video, decisions=None):
-    """Eval mode (``decisions`` None): per-frame top-k and the decoder on the kept tokens only.
-    Training mode: ``decisions[m]`` (``[B, L*N]`` 0/1) replace the Gumbel samples of predictor m.
-    Returns the decoded video, dropped tubelets black (the release returns the keep mask beside it)."""
+def _hard_gumbel_softmax(logits, gumbels, tau):
+    """``F.gumbel_softmax(logits, tau, hard=True)`` with its Gumbel draws given: ``[..., 2]``."""
+    soft = ((logits + gumbels) / tau).softmax(dim=-1)
+    hard = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def release_forward(w, cfg: STPrivacyConfig, video, decisions=None, gumbels=None):
+    """Eval mode (``decisions`` and ``gumbels`` None): per-frame top-k and the decoder on the kept
+    tokens only; returns the decoded video, dropped tubelets black.
+
+    Training mode: predictor m keeps by ``F.gumbel_softmax(score, hard=True)`` with the Gumbel
+    draws ``gumbels[m]`` (``[B, L*N, 2]``, keep first), the release's straight-through graph, or
+    by ``decisions[m]`` (``[B, L*N]`` 0/1, no gradient). Returns what the release's training
+    forward returns: the decoded video of every tubelet (nothing blackened) and the final keep
+    mask ``[B, L*N, 1]``."""
     t, heads = cfg.time_steps, cfg.num_heads
+    training = decisions is not None or gumbels is not None
     x = F.conv3d(video, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=cfg.tubelet)
     x = rearrange(x, "b c t h w -> b (t h w) c") + w["pos_embed"]
     B, n0 = x.shape[:2]
@@ -81,8 +102,12 @@ def release_forward(w, cfg: STPrivacyConfig, video, decisions=None):
         if i in pruning_loc:
             m = pruning_loc.index(i)
             score = _predictor(x, w, m, t, prev)
-            if decisions is not None:
-                policy = prev = decisions[m].reshape(B, n0, 1).to(x.dtype) * prev
+            if training:
+                if gumbels is not None:
+                    decision = _hard_gumbel_softmax(score, gumbels[m], cfg.gumbel_tau)[..., 0:1]
+                else:
+                    decision = decisions[m].reshape(B, n0, 1).to(x.dtype)
+                policy = prev = decision * prev
                 x = _block(x, w, i, heads, policy)
             else:
                 keep_count = int(n0 // t * cfg.alpha ** (m + 1) + 1e-9)
@@ -94,13 +119,13 @@ def release_forward(w, cfg: STPrivacyConfig, video, decisions=None):
                 index = torch.gather(index, 1, top)
                 x = _block(x, w, i, heads)
         else:
-            x = _block(x, w, i, heads, policy if decisions is not None else None)
+            x = _block(x, w, i, heads, policy if training else None)
     x = _lin(_ln(x, w, "norm_recon", 1e-6), w, "head_recon")
     h = cfg.grid_size[0]
     dt, dh, dw = cfg.tubelet
     pattern = "b (t h w) (p0 p1 p2 c) -> b c (t p0) (h p1) (w p2)"
-    if decisions is not None:
-        return rearrange(x * prev, pattern, t=t, h=h, w=h, p0=dt, p1=dh, p2=dw)
+    if training:
+        return rearrange(x, pattern, t=t, h=h, w=h, p0=dt, p1=dh, p2=dw), prev
     full = torch.zeros(B, n0, x.shape[-1], dtype=x.dtype).scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), x)
     return rearrange(full, pattern, t=t, h=h, w=h, p0=dt, p1=dh, p2=dw)
 
@@ -148,9 +173,76 @@ def test_training_decodes_the_same_video_as_the_release(cfg, seed):
     out = model(video, generator=torch.Generator().manual_seed(seed))
     decisions = [mask.reshape(2, -1).detach() for mask in out.keep_masks]
     # Cumulative masks: each is a subset of the previous one, so they serve as per-block decisions.
-    theirs = release_forward(weights, cfg, video, decisions)
+    theirs, keep = release_forward(weights, cfg, video, decisions)
+    theirs = theirs * model.keep_to_pixels(keep.view_as(out.keep))  # the release returns it unblackened
     torch.testing.assert_close(out.video.detach(), theirs, rtol=1e-4, atol=1e-5, msg=f"seed={seed}")
     assert 0 < float(out.keep.detach().mean()) < 1
+
+
+def _gumbel_draws(cfg: STPrivacyConfig, batch: int, seed: int) -> list[torch.Tensor]:
+    """Gumbel(0, 1) draws ``[B, L*N, 2]`` (keep, drop) for each predictor, float64."""
+    g = torch.Generator().manual_seed(seed)
+    uniform = torch.rand(cfg.num_psb, batch, cfg.num_tokens, 2, dtype=torch.float64, generator=g)
+    return list(-torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-12))))
+
+
+def _our_training_gradients(model: STPrivacy, video, gumbels, loss_of, monkeypatch):
+    """Our training forward with the release's Gumbel draws (their difference is the Logistic
+    noise of our hard decision) and the gradients of ``loss_of(video, keep)`` in the release's
+    keys, the head's rows in the release's order. Returns ``(keep, gradients)``."""
+    draws = iter(gumbels)
+
+    def gumbel_keep(log_probs, prev, tau, generator=None, noise=None):
+        g = next(draws)
+        return _gumbel_keep(log_probs, prev, tau, noise=g[..., 0] - g[..., 1])
+
+    monkeypatch.setattr(ops, "gumbel_keep", gumbel_keep)
+    model.zero_grad(set_to_none=True)
+    out = model(video)
+    loss_of(out.video, out.keep.view(out.keep.shape[0], -1, 1)).backward()
+    as_params = STPrivacy(model.cfg).double()
+    as_params.load_state_dict({name: p.grad for name, p in model.named_parameters()})
+    return out.keep.detach(), release_state_dict(as_params)
+
+
+@pytest.mark.parametrize("cfg,seed", CASES)
+def test_training_gradients_reach_the_predictors_as_in_the_release(cfg, seed, monkeypatch):
+    """The release's training forward returns the decoded video and the keep mask apart, so its
+    predictors learn only through the mask in masked attention (blocks, decoder, predictors'
+    pooling), and in what a recognizer does with the mask. Ours, by default: the same gradients
+    for a loss on the kept pixels (the same weights and Gumbel draws, float64). With
+    ``blackening_gradient`` (once our default) the output's ``pixels * keep`` adds its own."""
+    weights = _release_weights(cfg, seed)
+    B = 2
+    video = torch.rand(B, 3, cfg.frames, cfg.image_size, cfg.image_size, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(seed))
+    probe = torch.randn(video.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 100))
+    gumbels = _gumbel_draws(cfg, B, seed)
+    keep_pixels = STPrivacy(cfg).keep_to_pixels
+
+    def loss_of(decoded, keep):  # keep: [B, L*N, 1]; a loss on the kept pixels only
+        kept = keep_pixels(keep.detach().view(B, cfg.time_steps, cfg.tokens_per_step))
+        return (decoded * kept * probe).sum()
+
+    theirs_w = {k: v.clone().requires_grad_() for k, v in weights.items()}
+    decoded, final_keep = release_forward(theirs_w, cfg, video, gumbels=gumbels)
+    theirs = dict(zip(theirs_w, torch.autograd.grad(loss_of(decoded, final_keep), list(theirs_w.values()))))
+
+    for variant in (cfg, dataclasses.replace(cfg, blackening_gradient=True)):  # our default, the option
+        model = STPrivacy(variant).double().train()
+        load_release_weights(model, weights)
+        keep, ours = _our_training_gradients(model, video, gumbels, loss_of, monkeypatch)
+        assert torch.equal(keep.view(B, -1), final_keep.detach().view(B, -1))  # the same decisions
+        assert 0 < float(keep.mean()) < 1
+        # Each key's error relative to its largest gradient: the first blocks' eps smoothing (see
+        # above) leaves about 1e-8; the blackening's gradient changes the predictors' by over 100x.
+        error = {k: float((ours[k] - theirs[k]).abs().max() / theirs[k].abs().max()) for k in theirs}
+        predictors = [k for k in theirs if k.startswith("score_predictor.")]
+        assert all(theirs[k].abs().max() > 0 for k in predictors)
+        if variant is cfg:
+            assert max(error.values()) < 1e-6, max(error.items(), key=lambda item: item[1])
+        else:
+            assert max(error[k] for k in predictors) > 1.0
 
 
 def test_release_layout_round_trips_through_a_file(tmp_path):
@@ -201,16 +293,15 @@ def test_strict_mapping_names_what_is_wrong():
 def test_vit_s_is_the_releases_12_block_layout():
     cfg = STPrivacyConfig.vit_s()
     assert (cfg.depth, cfg.num_psb, cfg.pab_depth, cfg.num_blocks, cfg.norm_eps) == (3, 3, 3, 12, 1e-6)
-    assert not (cfg.pab_residual or cfg.normalize_input or cfg.detach_blackening) and cfg.train_sampler == "gumbel"
+    assert not (cfg.pab_residual or cfg.normalize_input or cfg.blackening_gradient) and cfg.train_sampler == "gumbel"
     params = sum(p.numel() for p in STPrivacy(cfg).parameters())
     assert math.isclose(params / 1e6, 23.35, abs_tol=0.05)
 
 
-@pytest.mark.parametrize("option", ["pab_color_skip", "pab_filter"])
-def test_release_layout_refuses_our_pab_options_by_name(option):
+def test_release_layout_refuses_the_filter_by_name():
     plain = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, pab_residual=True))
-    other = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, pab_residual=True, **{option: True}))
-    with pytest.raises(ValueError, match=option):
+    other = STPrivacy(STPrivacyConfig.small(embed_dim=24, num_heads=2, pab_residual=True, pab_filter=True))
+    with pytest.raises(ValueError, match="pab_filter"):
         load_release_weights(other, release_state_dict(plain))
-    with pytest.raises(ValueError, match=option):
+    with pytest.raises(ValueError, match="pab_filter"):
         release_state_dict(other)

@@ -121,25 +121,18 @@ def test_resume_inside_the_evaluation_phase(tmp_path, capsys):
     assert read_csv(out / "metrics.csv") == log
 
 
+def test_a_checkpoint_of_an_earlier_version_is_checked_in_todays_fields():
+    """A checkpoint written before ``detach_blackening`` became ``blackening_gradient`` (the
+    opposite) and the probes' options were removed resumes when it means the same run, and is
+    refused, naming the field, when its blackening differs."""
+    from stprivacy.train.protocol import _check_resumable
 
-def test_resume_across_a_privacy_recognizer_restart(tmp_path):
-    """TrainConfig.privacy_restart_epochs re-initializes the privacy recognizer at an epoch start
-    from its own random stream: a run resumed from the checkpoint right before the restart (the
-    end of epoch 1) restarts identically, and the restart really replaced the recognizer."""
     model_cfg = STPrivacyConfig.small(**{k: v for k, v in TINY_MODEL.items() if k != "preset"})
-    base = {**TINY_TRAIN, **RUN, "init_epochs": 0, "adv_epochs": 2, "checkpoint_every": 0, "log": "none"}
-    data = build_dataset("synthetic", "train", {"frames": model_cfg.frames, "image_size": model_cfg.image_size,
-                                                 "tubelet": model_cfg.tubelet}, **base["dataset_kwargs"])
-    sizes = {"num_classes": data.num_classes, "num_attributes": data.num_attributes}
-    cfg = TrainConfig.from_dict({**base, "privacy_restart_epochs": 1})
-    for name, run_cfg in (("full", cfg), ("never", TrainConfig.from_dict(base))):
-        train_anonymizer(model_cfg, run_cfg, data, out_dir=tmp_path / name, **sizes)
-    full, never = load_latest(tmp_path / "full"), load_latest(tmp_path / "never")
-    assert any(not torch.equal(t, never["recognizers"]["privacy"][n])
-               for n, t in full["recognizers"]["privacy"].items())
-    # With checkpoints at epoch ends only, last.prev.pt is the end of epoch 1, before the restart.
-    (tmp_path / "cut").mkdir()
-    (tmp_path / "full" / "last.prev.pt").rename(tmp_path / "cut" / "last.pt")
-    assert load_latest(tmp_path / "cut")["progress"]["epoch"] == 1
-    train_anonymizer(model_cfg, cfg, data, out_dir=tmp_path / "cut", resume=True, **sizes)
-    _assert_same_weights(full, load_latest(tmp_path / "cut"))
+    cfg = TrainConfig.from_dict({**TINY_TRAIN, **RUN})
+    old_model = {k: v for k, v in model_cfg.to_dict().items() if k != "blackening_gradient"}
+    old_model.update(pab_color_skip=False, detach_blackening=not model_cfg.blackening_gradient)
+    old_train = {**cfg.to_dict(), "adversarial_lr_scale": 1.0, "privacy_restart_epochs": 0}
+    _check_resumable({"config": {"model": old_model, "train": old_train}}, model_cfg, cfg)
+    old_model["detach_blackening"] = model_cfg.blackening_gradient
+    with pytest.raises(ValueError, match="differs from the checkpoint's in \\['blackening_gradient'\\]"):
+        _check_resumable({"config": {"model": old_model, "train": old_train}}, model_cfg, cfg)

@@ -176,26 +176,6 @@ def assert_same_outputs(a: STPrivacy, b: STPrivacy) -> None:
         assert torch.equal(out_a, out_b), training
 
 
-def test_color_skip_starts_as_the_identity_and_can_remove_a_colour_cast():
-    plain, mixed = make_model(pab_residual=True), make_model(pab_residual=True, pab_color_skip=True)
-    mixed.load_state_dict(plain.state_dict(), strict=False)  # only the skip's weights are new
-    assert_same_outputs(plain, mixed)
-    mixed.eval()
-    with torch.no_grad():
-        mixed.pab.color_skip.weight.fill_(1 / 3)  # every channel becomes the channels' mean: grey
-    video = random_video(mixed.cfg)
-    out = mixed(video, 1.0).video
-    torch.testing.assert_close(out, video.mean(dim=1, keepdim=True).expand_as(video))
-    loss = mixed.train()(video, generator=torch.Generator().manual_seed(0)).video.square().sum()
-    loss.backward()
-    assert mixed.pab.color_skip.weight.grad.abs().sum() > 0 and mixed.pab.color_skip.bias.grad.abs().sum() > 0
-
-
-def test_color_skip_needs_the_residual_pab():
-    with pytest.raises(ValueError, match="pab_residual"):
-        STPrivacyConfig.small(pab_color_skip=True)
-
-
 def test_filter_starts_as_the_identity_and_its_gates_grey_and_blur():
     plain, filtered = make_model(pab_residual=True), make_model(pab_residual=True, pab_filter=True)
     assert set(filtered.state_dict()) - set(plain.state_dict()) == {"pab.filter.weight", "pab.filter.bias"}
@@ -263,33 +243,49 @@ def test_input_standardization():
 
 
 def test_keep_gradient_flows_through_attention_not_through_blackening():
-    """Sparsification only: the output is ``video * keep``. Its keep gradient would say how the
-    loss changes when a tubelet gets brighter; with ``detach_blackening`` the model takes the
-    mask's value only (the release's blackening, the default, carries it)."""
-    model = make_model(use_pab=False, detach_blackening=True).train()
+    """Sparsification only: the output is ``video * keep``. By default (the release's graph) the
+    model blackens with the mask's value only; ``blackening_gradient`` makes the output carry the
+    gradient of ``video * keep``, which says how the loss changes when a tubelet gets brighter."""
+    model = make_model(use_pab=False).train()
     out = model(random_video(model.cfg), generator=torch.Generator().manual_seed(0))
     assert not out.video.requires_grad
     assert out.keep.requires_grad  # what the recognizers' masked attention differentiates
-    model = make_model(use_pab=False).train()
+    model = make_model(use_pab=False, blackening_gradient=True).train()
     out = model(random_video(model.cfg), generator=torch.Generator().manual_seed(0))
     assert out.video.requires_grad
 
 
-def test_detached_blackening_keeps_the_pab_gradient_to_keep():
-    """With a PAB, detaching the blackening still leaves the keep gradient of the PAB's masked
-    attention; the values are the same either way."""
+def test_blackening_gradient_changes_the_gradient_not_the_video():
+    """With a PAB, the default blackening still leaves the keep gradient of the PAB's masked
+    attention; ``blackening_gradient`` adds that of ``pixels * keep``; the values are the same."""
     video = random_video(tiny_config())
     outs = {}
-    for detach in (False, True):
-        model = make_model(seed=0, detach_blackening=detach).train()
+    for gradient in (False, True):
+        model = make_model(seed=0, blackening_gradient=gradient).train()
         out = model(video, generator=torch.Generator().manual_seed(0))
         probe = torch.randn_like(out.video)
         last_predictor = model.psbs[-1].predictor.out_conv[4].weight
         grads = torch.autograd.grad((out.video * probe).sum(), last_predictor)[0]
-        outs[detach] = (out.video.detach(), grads)
+        outs[gradient] = (out.video.detach(), grads)
     torch.testing.assert_close(outs[False][0], outs[True][0])
-    assert outs[True][1].abs().sum() > 0  # the PAB's attention still differentiates the last mask
+    assert outs[False][1].abs().sum() > 0  # the PAB's attention still differentiates the last mask
     assert not torch.allclose(outs[False][1], outs[True][1])
+
+
+def test_configs_of_earlier_versions_still_load():
+    """``detach_blackening`` (the opposite of ``blackening_gradient``) and a removed field at its
+    "off" value are read; a removed field that was on is refused by name."""
+    old = tiny_config().to_dict()
+    del old["blackening_gradient"]
+    assert STPrivacyConfig.from_dict({**old, "detach_blackening": True}).blackening_gradient is False
+    assert STPrivacyConfig.from_dict({**old, "detach_blackening": False}).blackening_gradient is True
+    assert STPrivacyConfig.from_dict({**old, "pab_color_skip": False}) == tiny_config()
+    with pytest.raises(ValueError, match="pab_color_skip=True is no longer supported"):
+        STPrivacyConfig.from_dict({**old, "pab_color_skip": True})
+    with pytest.raises(ValueError, match="renamed blackening_gradient"):
+        STPrivacyConfig.from_dict({**old, "detach_blackening": True, "blackening_gradient": False})
+    with pytest.raises(TypeError, match="blackening_gradient"):
+        tiny_config(blackening_gradient=1)
 
 
 def test_filter_gates_are_returned_in_training_only():

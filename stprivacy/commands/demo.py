@@ -67,21 +67,20 @@ class DemoSettings:
 # gradient (the straight-through one pushed the predictors off the actor), a PAB that
 # starts as the identity (residual) and stays so in phase 1 (the predictors learn on the sparsified
 # video; the PAB learns in the adversarial phase, the sparsifier frozen then as in the release),
-# standardized input, a blackening without gradient, a bounded privacy adversary, and lr
-# 0.05 x batch / 512 for every model. The PAB is the per-tubelet filter (pab_filter: a pixel head
-# could not grey the textured actor, nor could a global colour mixing learn to), and phase 2 runs 12
-# epochs with 4 updates of the privacy recognizer per batch (privacy_steps), so that its adversary
-# learns, once the tint is greyed away, to read the face marking that the fresh attackers read. The
-# filter prior (lambda_filter 0.1) closes the gates the action does not hold open: the adversary
-# alone left the actor's blur half closed on most seeds, and fresh attackers read the face through
-# the half left. The release has none of these options except the freezing.
+# standardized input, a bounded privacy adversary, and lr 0.05 x batch / 512 for every model.
+# The PAB is the per-tubelet filter (pab_filter: a pixel head could not grey the textured actor,
+# nor could a global colour mixing learn to), and phase 2 runs 12 epochs with 4 updates of the
+# privacy recognizer per batch (privacy_steps), so that its adversary learns, once the tint is
+# greyed away, to read the face marking that the fresh attackers read. The filter prior
+# (lambda_filter 0.1) closes the gates the action does not hold open: the adversary alone left
+# the actor's blur half closed on most seeds, and fresh attackers read the face through the half
+# left. The release has none of these options except the freezing.
 # The recognizers (attackers and the trained ones) normalize before pooling and start with a
 # random head: on this benchmark the release's pool-then-norm recognizer stays near chance on the
 # motion for 8 epochs; 12 epochs let the attackers learn the scene glyphs.
 FULL = DemoSettings(
     model=dict(embed_dim=48, num_heads=3, depth=1, pab_depth=1, pab_residual=True, pab_filter=True,
-               train_sampler="gumbel_topk", keep_gradient="score_function", normalize_input=True,
-               detach_blackening=True),
+               train_sampler="gumbel_topk", keep_gradient="score_function", normalize_input=True),
     recognizer=dict(embed_dim=48, num_heads=3, depth=1, norm_before_pool=True, zero_head=False),
     base_lr=0.05,
     init_epochs=24,

@@ -62,14 +62,6 @@ class STPrivacyConfig:
             the identity on kept tubelets) instead of the pixels themselves. The anonymization
             then starts from the actor's own motion instead of from noise, which short runs from
             scratch need.
-        pab_color_skip: with ``pab_residual``, the skip connection passes each input pixel
-            through a learned colour mixing (a ``C x C`` matrix and a bias, as a 1x1x1
-            convolution, initialized to the identity) instead of unchanged. The decoder sees a
-            tubelet only through its ``embed_dim`` token, too narrow to cancel a colour cast pixel
-            by pixel; the mixing can remove a cast (or any linear colour feature) everywhere with
-            C * (C + 1) weights. Measured on the benchmark (docs/demo_results.md): set to grey by
-            hand it hides the actor's tint, but the adversarial phase leaves it near the identity,
-            so it is an instrument for studying adversaries, not part of any recipe.
         pab_filter: with ``pab_residual``, the PAB outputs each kept tubelet filtered, how far
             desaturated and how far blurred decided from its token by two gates in [0, 1] (zero at
             initialization: the identity), instead of adding a pixel change from a head
@@ -82,17 +74,19 @@ class STPrivacyConfig:
         pab_filter_sigma: standard deviation in pixels of the filter's Gaussian blur.
         normalize_input: standardize the pixels, ``(video - 0.45) / 0.225`` (the Kinetics
             statistics every recognizer here uses), before the tokenizer.
-        detach_blackening: in training, black out the dropped tubelets of the output with the
-            keep mask's value only, not its gradient. The gradient of ``pixels * keep`` says how
-            the loss changes when a tubelet gets brighter, not when it disappears; following it,
-            predictors trained from scratch learned to drop the actor. Detached, the keep
-            gradient comes only from where a dropped tubelet really is absent: the masked
-            attention of the PSBs, the PAB and the mask-aware recognizers.
+        blackening_gradient: in training, black out the dropped tubelets of the output by
+            multiplying it with the live keep mask, so that the predictors also learn from the
+            gradient of ``pixels * keep``. Off (the release's graph, whose training forward
+            returns the decoded video and the mask apart): the output is blackened with the mask's
+            value only, and the keep gradient comes only from where a dropped tubelet really is
+            absent, the masked attention of the PSBs, the PAB and the mask-aware recognizers. The
+            gradient of ``pixels * keep`` says how the loss changes when a tubelet gets brighter,
+            not when it disappears; following it, predictors trained from scratch learned to
+            drop the actor (docs/demo_results.md).
 
-    ``pab_residual``, ``pab_color_skip``, ``pab_filter``, ``normalize_input``, ``detach_blackening``,
+    ``pab_residual``, ``pab_filter``, ``normalize_input``, ``blackening_gradient``,
     ``train_sampler="gumbel_topk"`` and ``keep_gradient="score_function"`` are this project's
-    additions, off in :meth:`vit_s`
-    (the release has none of them);
+    additions, off in :meth:`vit_s` (the release has none of them);
     docs/demo_results.md has the measurements behind turning them on for short CPU runs.
     """
 
@@ -116,11 +110,10 @@ class STPrivacyConfig:
     use_psb: bool = True
     use_pab: bool = True
     pab_residual: bool = False
-    pab_color_skip: bool = False
     pab_filter: bool = False
     pab_filter_sigma: float = 1.5
     normalize_input: bool = False
-    detach_blackening: bool = False
+    blackening_gradient: bool = False
 
     def __post_init__(self) -> None:
         self.tubelet = tuple(self.tubelet)
@@ -148,8 +141,8 @@ class STPrivacyConfig:
             raise ValueError(f"gumbel_tau must be a positive finite float, got {self.gumbel_tau}")
         if self.train_sampler not in TRAIN_SAMPLERS:
             raise ValueError(f"train_sampler must be one of {TRAIN_SAMPLERS}, got {self.train_sampler!r}")
-        if self.pab_color_skip and not self.pab_residual:
-            raise ValueError("pab_color_skip mixes the colours of the PAB's skip connection: it needs pab_residual=True")
+        if not isinstance(self.blackening_gradient, bool):
+            raise TypeError(f"blackening_gradient must be true or false, got {self.blackening_gradient!r}")
         if self.pab_filter and not self.pab_residual:
             raise ValueError("pab_filter filters the PAB's skip connection: it needs pab_residual=True")
         if not (self.pab_filter_sigma > 0 and math.isfinite(self.pab_filter_sigma)):
@@ -226,8 +219,47 @@ class STPrivacyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> STPrivacyConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them."""
-        return dataclass_from_dict(cls, data, "data")
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them. The keys of
+        earlier versions are read too (:func:`upgrade_model_dict`), so old checkpoints load."""
+        return dataclass_from_dict(cls, upgrade_model_dict(data), "data")
+
+
+# Fields of earlier versions: (the value that meant "off", why it is gone). A config or checkpoint
+# that has one at that value loads as if it were absent; at any other value it is refused by name.
+REMOVED_MODEL_FIELDS = {
+    "pab_color_skip": (False, "a probe's colour mixing on the PAB's skip connection, removed (it did not "
+                              "learn to hide the tint; docs/demo_results.md)"),
+}
+
+
+def upgrade_model_dict(data: Any) -> Any:
+    """A model config dict of an earlier version in today's fields: ``detach_blackening: b`` is
+    ``blackening_gradient: not b`` (the old name said the opposite, and the old default blackened
+    with gradient), and the fields of :data:`REMOVED_MODEL_FIELDS` are dropped where they were off.
+    Anything else is returned as it is (``from_dict`` checks it)."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if "detach_blackening" in data:
+        if "blackening_gradient" in data:
+            raise ValueError("detach_blackening was renamed blackening_gradient (with the opposite meaning): "
+                             "give only blackening_gradient")
+        detach = data.pop("detach_blackening")
+        if not isinstance(detach, bool):
+            raise ValueError(f"detach_blackening (now blackening_gradient) must be true or false, got {detach!r}")
+        data["blackening_gradient"] = not detach
+    return drop_removed_fields(data, REMOVED_MODEL_FIELDS)
+
+
+def drop_removed_fields(data: dict[str, Any], removed: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    """``data`` without the ``removed`` fields that hold their "off" value; ValueError naming a
+    removed field set to anything else (a run that used it cannot be repeated)."""
+    for name, (off, why) in removed.items():
+        if name in data:
+            if data[name] != off or isinstance(data[name], bool) != isinstance(off, bool):
+                raise ValueError(f"{name}={data[name]!r} is no longer supported: {why}")
+            data = {k: v for k, v in data.items() if k != name}
+    return data
 
 
 def dataclass_from_dict(cls: type, data: Any, name: str) -> Any:

@@ -77,7 +77,6 @@ class STPrivacy(nn.Module):
             AnonymizationBlock(
                 D, depth=cfg.pab_depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                 out_dim=cfg.tubelet_pixels, eps=cfg.attn_eps, norm_eps=cfg.norm_eps,
-                color_skip_channels=cfg.in_chans if cfg.pab_color_skip else 0,
                 filter_shape=(cfg.in_chans, *cfg.tubelet) if cfg.pab_filter else None,
                 filter_sigma=cfg.pab_filter_sigma,
             )
@@ -152,7 +151,9 @@ class STPrivacy(nn.Module):
         else:
             patches = pixels
         if keep is not None:
-            blackening = keep.detach() if self.cfg.detach_blackening else keep
+            # The release returns the decoded video and the mask apart: its predictors learn only
+            # through masked attention. Blackening with the live mask adds d(pixels * keep)/dkeep.
+            blackening = keep if self.cfg.blackening_gradient else keep.detach()
             patches = patches * blackening[..., None].to(patches.dtype)
         return self._to_video(patches), keep, masks, log_prob, gates
 

@@ -20,7 +20,7 @@ class AnonymizationBlock(nn.Module):
     """
 
     def __init__(self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, out_dim: int,
-                 eps: float = 1e-6, norm_eps: float = 1e-6, color_skip_channels: int = 0,
+                 eps: float = 1e-6, norm_eps: float = 1e-6,
                  filter_shape: tuple[int, int, int, int] | None = None, filter_sigma: float = 1.5):
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -29,8 +29,6 @@ class AnonymizationBlock(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, out_dim)
-        # STPrivacyConfig.pab_color_skip: the residual skip's colour mixing (None: the identity).
-        self.color_skip = ColorSkip(color_skip_channels) if color_skip_channels else None
         # STPrivacyConfig.pab_filter: per-token desaturation and blur of the tubelet, instead of the head.
         self.filter = TubeletFilter(dim, filter_shape, filter_sigma) if filter_shape else None
 
@@ -42,9 +40,9 @@ class AnonymizationBlock(nn.Module):
         the filter's gates ``Tensor[B, M, 2]`` (else None).
 
         ``pixels: Tensor[B, M, out_dim]``, each token's input tubelet, makes the block residual
-        (``STPrivacyConfig.pab_residual``): the head's output is added to the skip connection,
-        the tubelet itself (colour-mixed with ``pab_color_skip``); with ``pab_filter`` the
-        output is the tubelet filtered by the gates each token decides, and nothing else."""
+        (``STPrivacyConfig.pab_residual``): the head's output is added to the tubelet itself;
+        with ``pab_filter`` the output is the tubelet filtered by the gates each token decides,
+        and nothing else."""
         for blk in self.blocks:
             x = blk(x, keep)
         x = self.norm(x)
@@ -54,26 +52,7 @@ class AnonymizationBlock(nn.Module):
         out = self.head(x)
         if pixels is None:
             return out, None
-        if self.color_skip is not None:
-            pixels = self.color_skip(pixels)
         return out + pixels, None
-
-
-class ColorSkip(nn.Module):
-    """The learned skip connection of ``STPrivacyConfig.pab_color_skip``: every pixel's colour
-    through ``C x C`` weights and a bias, identity at initialization."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = channels
-        self.weight = nn.Parameter(torch.eye(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        """``Tensor[B, M, C * P]`` tubelets (channel-major rows, ``video_to_tubelets``) -> same shape."""
-        rows = pixels.unflatten(-1, (self.channels, -1))
-        mixed = torch.einsum("dc,bmcp->bmdp", self.weight, rows) + self.bias[:, None]
-        return mixed.flatten(-2)
 
 
 class TubeletFilter(nn.Module):

@@ -38,10 +38,8 @@ def _head_rows(cfg, order: str) -> Tensor:
 def _name_map(model: STPrivacy) -> dict[str, str]:
     """Our parameter name -> the release's key."""
     cfg = model.cfg
-    extras = [name for name in ("pab_color_skip", "pab_filter") if getattr(cfg, name)]
-    if extras:  # parameters (and, with the filter, a missing head) the release's layout has no place for
-        raise ValueError(f"the release's layout has no {' or '.join(extras)}: turn "
-                         f"{'them' if len(extras) > 1 else 'it'} off to load or export the release's weights")
+    if cfg.pab_filter:  # parameters, and a missing head, that the release's layout has no place for
+        raise ValueError("the release's layout has no pab_filter: turn it off to load or export the release's weights")
     out = {}
     for name, _ in model.named_parameters():
         parts = name.split(".")

@@ -30,10 +30,9 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..model import STPrivacy
-from ..model.pretrained import load_pretrained_vit
 from ..progress import progress_bar
-from .common import (backbone_lr, clip_and_step, make_optimizer, make_recognizer, privacy_adversary_loss,
-                     score_function_term, set_lr, to_device)
+from .common import (backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss, score_function_term,
+                     set_lr, to_device)
 from .config import TrainConfig, get_lr, sparsity_warmup
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
                           sync_gradients, usable_on_all_ranks)
@@ -98,6 +97,24 @@ def _log_and_checkpoint(phase: str, progress: Progress, values: dict[str, float]
         t0 = time.perf_counter()
         save(progress, optimizers)
     return t0
+
+
+@contextlib.contextmanager
+def _trainable(model: STPrivacy, scope: str) -> Iterator[None]:
+    """Within the context only the anonymizer parameters of ``scope`` require gradients: "all",
+    "pab" (the anonymization block) or "sparsifier" (everything but the anonymization block);
+    the previous flags come back after it (``TrainConfig.initialization_trains`` /
+    ``adversarial_trains``)."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    if scope != "all":
+        for name, p in model.named_parameters():
+            in_pab = name.startswith("pab.")
+            p.requires_grad_(p.requires_grad and (in_pab if scope == "pab" else not in_pab))
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
 
 
 def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dataset, cfg: TrainConfig, *,
@@ -195,47 +212,6 @@ def train_adversarial(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                                  logger=logger)
 
 
-@contextlib.contextmanager
-def _trainable(model: STPrivacy, scope: str) -> Iterator[None]:
-    """Within the context only the anonymizer parameters of ``scope`` require gradients: "all",
-    "pab" (the anonymization block), "pab_and_predictors" (that and the PSBs' keep predictors) or
-    "sparsifier" (everything but the anonymization block); the previous flags come back after it
-    (``TrainConfig.initialization_trains`` / ``adversarial_trains``)."""
-    def in_scope(name: str) -> bool:
-        pab = name.startswith("pab.")
-        if scope == "pab":
-            return pab
-        if scope == "pab_and_predictors":
-            return pab or (name.startswith("psbs.") and ".predictor." in name)
-        return not pab  # "sparsifier"
-
-    flags = {p: p.requires_grad for p in model.parameters()}
-    if scope != "all":
-        for name, p in model.named_parameters():
-            p.requires_grad_(p.requires_grad and in_scope(name))
-    try:
-        yield
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-
-
-def _restart(recognizer: nn.Module, optimizer: torch.optim.Optimizer, model: STPrivacy, cfg: TrainConfig,
-             seed: int) -> None:
-    """Re-initialize ``recognizer`` in place, as :func:`make_recognizer` draws a fresh one, from
-    its own random stream (``seed``: a resumed run restarts identically, and the global stream is
-    untouched), and forget its AdamW moments (``TrainConfig.privacy_restart_epochs``)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = make_recognizer(model.cfg, cfg, recognizer.num_classes, multilabel=recognizer.multilabel)
-        if cfg.pretrained:  # as train_anonymizer starts it
-            load_pretrained_vit(fresh.classifier, cfg.pretrained)
-    with torch.no_grad():
-        for p, q in zip(recognizer.parameters(), fresh.parameters(), strict=True):
-            p.copy_(q)
-            optimizer.state.pop(p, None)
-
-
 def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.Module, train_set: Dataset,
                       cfg: TrainConfig, *, save: SaveFn | None, resume: dict[str, Any] | None,
                       logger: RunLogger | None) -> dict[str, list[float]]:
@@ -254,9 +230,6 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
     total, warmup, min_lr = _schedule(cfg, cfg.adv_epochs, len(batches))
     while progress.epoch < cfg.adv_epochs:
         t0 = time.perf_counter()
-        if cfg.privacy_restart_epochs and progress.epoch and progress.batch == 0 \
-                and progress.epoch % cfg.privacy_restart_epochs == 0:
-            _restart(privacy_rec, opt_recognizers, model, cfg, seed=cfg.seed * 7919 + progress.epoch)
         loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
         bar = progress_bar(loader, desc=f"adversarial {progress.epoch + 1}/{cfg.adv_epochs}", initial=progress.batch,
                            unit="batch", total=len(batches), leave=False, disable=not (cfg.progress and is_main()))
@@ -266,8 +239,7 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 continue
             lr = get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr)
             if learns:
-                scaled = lr * cfg.adversarial_lr_scale
-                set_lr(opt_anonymizer, scaled, backbone_lr(scaled, progress.step, cfg, len(batches)))
+                set_lr(opt_anonymizer, lr, backbone_lr(lr, progress.step, cfg, len(batches)))
             set_lr(opt_recognizers, lr)
             step_values = StepValues(accum)
 
@@ -314,8 +286,8 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 opt_recognizers.zero_grad(set_to_none=True)  # the action recognizer's grads stay None: no step
                 for a, (video, keep, action, privacy) in enumerate(anonymized):
                     with sync_gradients(a == accum - 1, [rec_privacy]), autocast(cfg, device):
-                        loss = F.binary_cross_entropy_with_logits(rec_privacy(video, keep), privacy)
-                    (loss / accum).backward()
+                        loss_rec_privacy = F.binary_cross_entropy_with_logits(rec_privacy(video, keep), privacy)
+                    (loss_rec_privacy / accum).backward()
                 clip_and_step(opt_recognizers, cfg)
             progress.end_step(values)
             bar.set_postfix(action=f"{values['loss_action']:.3f}", privacy=f"{values['loss_privacy']:.3f}")

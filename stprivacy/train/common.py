@@ -1,7 +1,6 @@
 """Small pieces the phases share: optimizers, recognizers, the privacy losses."""
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -121,21 +120,13 @@ def privacy_adversary_loss(logits: Tensor, privacy: Tensor, kind: str, reduction
 
     "negative_bce" is the paper's ``-L_privacy``; "entropy" is ``-H(sigmoid(logits))``, the
     negative mean per-attribute entropy, which is bounded below (by -log 2) so the anonymizer
-    cannot win by making the recognizer confidently wrong. "uniform" is the cross-entropy of the
-    recognizer's prediction against a coin flip, ``BCE(logits, 1/2)`` (the "confusion" loss of
-    Alvi et al., ECCV 2018 workshops), shifted by ``-log 2`` so it is bounded below by 0 at the
-    same optimum: its gradient in the logits, ``sigmoid(logits) - 1/2``, is largest where the
-    recognizer is confident, where the other two vanish (the entropy's carries a factor
-    ``sigmoid' -> 0``, the negative BCE's ``sigmoid - label -> 0`` when the recognizer is right),
-    so a recognizer that reads an attribute with certainty keeps pushing the anonymizer. ``reduction="none"`` gives one value per clip (the mean over attributes),
-    ``Tensor[B]``.
+    cannot win by making the recognizer confidently wrong. ``reduction="none"`` gives one value
+    per clip (the mean over attributes), ``Tensor[B]``.
     """
-    if kind == "uniform":
-        per_clip = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 0.5),
-                                                      reduction="none").mean(dim=-1) - math.log(2)
-    else:
-        target = privacy if kind == "negative_bce" else torch.sigmoid(logits)  # BCE(logits, p) = H(p)
-        per_clip = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
+    if kind not in ("negative_bce", "entropy"):
+        raise ValueError(f"kind must be 'negative_bce' or 'entropy', got {kind!r}")
+    target = privacy if kind == "negative_bce" else torch.sigmoid(logits)  # BCE(logits, p) = H(p)
+    per_clip = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
     return per_clip if reduction == "none" else per_clip.mean()
 
 

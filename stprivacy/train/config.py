@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from ..model.config import dataclass_from_dict
+from ..model.config import dataclass_from_dict, drop_removed_fields
 
 
-ADVERSARIAL_SCOPES = ("pab", "pab_and_predictors", "all")
+ADVERSARIAL_SCOPES = ("pab", "all")
 INITIALIZATION_SCOPES = ("all", "sparsifier")
-PRIVACY_ADVERSARIES = ("negative_bce", "entropy", "uniform")  # stprivacy.train.common.privacy_adversary_loss
+PRIVACY_ADVERSARIES = ("negative_bce", "entropy")  # stprivacy.train.common.privacy_adversary_loss
 
 
 @dataclass
@@ -63,23 +63,12 @@ class TrainConfig:
             anonymization block (its transformer blocks, LayerNorm and pixel head); the tokenizer,
             the PSBs and their predictors stay as phase 1 left them, as the release's
             ``freeze_sparse_blocks_module_selection`` sets it (everything before block 10 and
-            the score predictors frozen). "pab_and_predictors": the anonymization block and the
-            PSBs' keep predictors, the tokenizer and the PSBs' transformer blocks frozen (with
-            ``keep_gradient="score_function"`` the privacy loss then reaches the predictors, which
-            can learn to drop what the privacy recognizer reads, while the tokens they and the
-            PAB see stay those of phase 1). "all": every anonymizer parameter.
+            the score predictors frozen). "all": every anonymizer parameter.
         lambda_action, lambda_privacy: the weights of the adversarial objective (paper: 0.5).
         privacy_adversary: "negative_bce" (the paper's ``- lambda_P L_privacy``) or "entropy"
             (maximize the privacy recognizer's per-attribute entropy, bounded, a common
-            stabilization in adversarial anonymization) or "uniform" (push the recognizer's
-            prediction towards a coin flip; its gradient does not vanish where the recognizer is
-            confident); see ``stprivacy.train.common.privacy_adversary_loss``.
-        adversarial_lr_scale: the anonymizer's learning rate in the adversarial phase is this
-            times the schedule's (the recognizers keep the schedule's); 1 = one rate for all.
-            In a short phase 2 the anonymization block, which phase 1 left at its initialization
-            (``initialization_trains="sparsifier"``), moves each weight by about the learning
-            rate per AdamW step. Measured on the benchmark: 10x does not make it hide the actor's
-            tint (docs/demo_results.md).
+            stabilization in adversarial anonymization); see
+            ``stprivacy.train.common.privacy_adversary_loss``.
         lambda_filter: the filter prior of the adversarial phase, with ``STPrivacyConfig.pab_filter``:
             the anonymizer's loss gains ``- lambda_filter`` times the mean gate (desaturation and
             blur) over the kept tubelets, so the filter anonymizes wherever the action does not pay
@@ -89,13 +78,6 @@ class TrainConfig:
             the actor's blur settled at 0.01-0.88 and its face marking was read at AP 100 on six
             seeds of ten, even with ``lambda_privacy=2``); the prior closes every gate the action
             does not hold open (docs/demo_results.md).
-        privacy_restart_epochs: re-initialize the adversarial phase's privacy recognizer (weights
-            and optimizer state) every this many epochs of phase 2; 0 = never (the paper). Why:
-            an anonymizer that only ever faces one adversary learns to fool that adversary, not to
-            remove the attribute, and a recognizer trained afresh on its output (the evaluation
-            protocol) reads it again; restarting the adversary ("model restarting", Wu et al.,
-            TPAMI 2020) makes it face fresh attackers during training. Measured on the benchmark
-            (docs/demo_results.md): it does not hide the actor's tint either.
         privacy_steps: updates of the privacy recognizer per batch of phase 2 (the first with
             the action recognizer's, the rest alone, on the same anonymized clips); 1 = the paper's
             one each. Why: the phase's adversary is trained for a few epochs on a moving target,
@@ -147,9 +129,7 @@ class TrainConfig:
     lambda_action: float = 0.5
     lambda_privacy: float = 0.5
     privacy_adversary: str = "negative_bce"
-    adversarial_lr_scale: float = 1.0
     lambda_filter: float = 0.0
-    privacy_restart_epochs: int = 0
     privacy_steps: int = 1
     recognizer: dict[str, Any] = field(default_factory=dict)
     eval_keep_ratios: list[float] = field(default_factory=list)
@@ -169,14 +149,13 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed", "checkpoint_every",
-                     "privacy_restart_epochs"):
+        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         for name in ("base_lr", "weight_decay", "grad_clip", "warmup_epochs", "sparsity_hold_epochs",
                      "sparsity_ramp_epochs", "lambda_action", "lambda_privacy", "predictor_warmup_epochs",
-                     "adversarial_lr_scale", "lambda_filter"):
+                     "lambda_filter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -225,8 +204,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them. The fields of
+        :data:`REMOVED_TRAIN_FIELDS` are read where they were off, so old checkpoints load."""
+        if isinstance(data, dict):
+            data = drop_removed_fields(data, REMOVED_TRAIN_FIELDS)
         return dataclass_from_dict(cls, data, "train config")
+
+
+# Fields of earlier versions (see stprivacy.model.config.drop_removed_fields): probes' options that
+# did not help (docs/demo_results.md). The adversary kind "uniform" and the scope
+# "pab_and_predictors" went with them; __post_init__ names the kinds and scopes left.
+REMOVED_TRAIN_FIELDS = {
+    "adversarial_lr_scale": (1.0, "a probe's learning-rate scale of the anonymizer in phase 2, removed (it did "
+                                  "not help, and the backbone's cap held it near x1; docs/demo_results.md)"),
+    "privacy_restart_epochs": (0, "a probe's restarts of the phase-2 privacy recognizer, removed (they did not "
+                                  "help; docs/demo_results.md)"),
+}
 
 
 def get_lr(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:

@@ -37,7 +37,9 @@ _RESUMABLE_CHANGES = {"device", "num_workers", "progress", "log", "log_every", "
 
 
 def _check_resumable(checkpoint: dict[str, Any], model_cfg: STPrivacyConfig, cfg: TrainConfig) -> None:
-    saved_model, saved_train = checkpoint["config"]["model"], checkpoint["config"]["train"]
+    # Read back through from_dict: a checkpoint of an earlier version names some fields differently.
+    saved_model = STPrivacyConfig.from_dict(checkpoint["config"]["model"]).to_dict()
+    saved_train = TrainConfig.from_dict(checkpoint["config"]["train"]).to_dict()
     if saved_model != model_cfg.to_dict():
         diff = sorted(k for k in saved_model if saved_model[k] != model_cfg.to_dict().get(k))
         raise ValueError(f"cannot resume: the model config differs from the checkpoint's in {diff}")
