@@ -60,7 +60,8 @@ def test_config_round_trips_and_names_bad_fields():
     assert SPActConfig.from_dict(cfg.to_dict()) == cfg
     assert get_method("spact").config_class is SPActConfig
     for bad in ({"width": 0}, {"depth": 1.5}, {"epochs": -1}, {"lr": 0.0}, {"temperature": float("nan")},
-                {"gray_prob": 1.5}, {"crop_min": 0.0}, {"jitter": 1.0}, {"action_weight": -1.0}):
+                {"gray_prob": 1.5}, {"crop_min": 0.0}, {"jitter": 1.0}, {"action_weight": -1.0}, {"lr": True},
+                {"erase_max": "0.1"}, {"action_weight": float("inf")}):
         with pytest.raises(ValueError, match=f"SPActConfig.{next(iter(bad))}"):
             SPActConfig(**bad)
     with pytest.raises(ValueError, match="unknown SPActConfig keys"):

@@ -135,23 +135,18 @@ class SPActConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"SPActConfig.{name} must be an int >= 0, got {value!r}")
-        for name in ("init_lr", "pretrain_lr", "lr", "temperature"):
+        # (field, what is expected, test of a real number)
+        checks = [(name, "a positive finite number", lambda v: 0 < v < math.inf)
+                  for name in ("init_lr", "pretrain_lr", "lr", "temperature")]
+        checks += [(name, "a probability in [0, 1]", lambda v: 0 <= v <= 1)
+                   for name in ("jitter_prob", "gray_prob", "erase_prob")]
+        checks += [("action_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+                   ("crop_min", "in (0, 1]", lambda v: 0 < v <= 1), ("jitter", "in [0, 1)", lambda v: 0 <= v < 1),
+                   ("erase_max", "in (0, 1]", lambda v: 0 < v <= 1)]
+        for name, expected, ok in checks:
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"SPActConfig.{name} must be a positive finite number, got {value!r}")
-        if not isinstance(self.action_weight, (int, float)) or not (self.action_weight >= 0
-                                                                   and math.isfinite(self.action_weight)):
-            raise ValueError(f"SPActConfig.action_weight must be a finite number >= 0, got {self.action_weight!r}")
-        for name in ("jitter_prob", "gray_prob", "erase_prob"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"SPActConfig.{name} must be a probability in [0, 1], got {value!r}")
-        if not isinstance(self.crop_min, (int, float)) or not 0 < self.crop_min <= 1:
-            raise ValueError(f"SPActConfig.crop_min must be in (0, 1], got {self.crop_min!r}")
-        if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
-            raise ValueError(f"SPActConfig.jitter must be in [0, 1), got {self.jitter!r}")
-        if not isinstance(self.erase_max, (int, float)) or not 0 < self.erase_max <= 1:
-            raise ValueError(f"SPActConfig.erase_max must be in (0, 1], got {self.erase_max!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ValueError(f"SPActConfig.{name} must be {expected}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
