@@ -2,26 +2,42 @@
 computations, the feature hooks, and tiny training runs through ``train_method``."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from stprivacy.methods.collective import (CollectiveConfig, TransformNet, build, collective_losses, content_loss,
-                                          feature_tap, gram_matrix, resolve_layers, style_loss)
-from stprivacy.methods.learned import get_method, load_method_checkpoint, train_method
+from stprivacy.methods.collective import (
+    CollectiveConfig,
+    TransformNet,
+    build,
+    collective_losses,
+    content_loss,
+    feature_tap,
+    gram_matrix,
+    noise_clip,
+    resolve_layers,
+    style_loss,
+)
+from stprivacy.methods.learned import (
+    MethodContext,
+    get_method,
+    load_method_checkpoint,
+    train_method,
+)
 from stprivacy.model import STPrivacyConfig
 from stprivacy.model.layers import PIXEL_MEAN, PIXEL_STD
 from stprivacy.train import TrainConfig, build_dataset
 from stprivacy.train.common import make_recognizer
 
 GEOMETRY = {"frames": 8, "image_size": 32, "tubelet": (2, 8, 8)}
-TINY_RECOGNIZER = dict(embed_dim=24, num_heads=2, depth=1, norm_before_pool=True, zero_head=False)
+TINY_RECOGNIZER = {"embed_dim": 24, "num_heads": 2, "depth": 1, "norm_before_pool": True, "zero_head": False}
 
 
 def _train_cfg(**overrides) -> TrainConfig:
-    settings = dict(batch_size=8, progress=False, seed=0, recognizer=dict(TINY_RECOGNIZER))
+    settings = {"batch_size": 8, "progress": False, "seed": 0, "recognizer": dict(TINY_RECOGNIZER)}
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -71,6 +87,11 @@ def test_refuses_sizes_not_divisible_by_four(shape):
         TransformNet([4, 4])(torch.rand(shape))
 
 
+def test_build_refuses_non_rgb():
+    with pytest.raises(ValueError, match="in_chans"):
+        build(CollectiveConfig(), STPrivacyConfig.small(in_chans=1))
+
+
 def test_refuses_non_video():
     with pytest.raises(ValueError, match=r"Tensor\[B, 3, T, H, W\]"):
         TransformNet([4, 4])(torch.rand(1, 3, 32, 32))
@@ -106,6 +127,14 @@ def test_resolve_layers():
 
 
 # ------------------------------------------------------------------------------------ the loss pieces
+
+def test_noise_clip_is_fixed_by_its_seed(train_set):
+    ctx = MethodContext(train_set, 4, 5, STPrivacyConfig.small(), _train_cfg())
+    noise = noise_clip(CollectiveConfig(), ctx)
+    assert noise.shape == (1, 3, 8, 32, 32) and noise.min() >= 0 and noise.max() <= 1
+    torch.testing.assert_close(noise_clip(CollectiveConfig(), ctx), noise, rtol=0, atol=0)
+    assert not torch.equal(noise_clip(CollectiveConfig(noise_seed=34), ctx), noise)
+
 
 def test_gram_matrix_by_hand():
     features = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # N = 2 tokens, D = 2
@@ -207,6 +236,6 @@ def test_training_lowers_each_term(train_set, tmp_path, term):
     _, history = train_method("collective", cfg, STPrivacyConfig.small(), _train_cfg(batch_size=16), train_set,
                               num_classes=4, num_attributes=5)
     values = history[term]
-    assert all(later < earlier for earlier, later in zip(values, values[1:])), values
+    assert all(later < earlier for earlier, later in itertools.pairwise(values)), values
     assert values[-1] < 0.95 * values[0], values
     assert history["loss"] == values

@@ -177,6 +177,8 @@ class TransformNet(nn.Module):
 def build(config: CollectiveConfig, model_cfg: STPrivacyConfig) -> TransformNet:
     if model_cfg.image_size % 4:
         raise ValueError(f"Collective needs image_size divisible by 4, got {model_cfg.image_size}")
+    if model_cfg.in_chans != 3:
+        raise ValueError(f"Collective's transform net is RGB: in_chans must be 3, got {model_cfg.in_chans}")
     return TransformNet(config.widths)
 
 
@@ -259,10 +261,11 @@ def train_lossnet(config: CollectiveConfig, ctx: MethodContext) -> tuple[Normali
 
 
 def noise_clip(config: CollectiveConfig, ctx: MethodContext) -> Tensor:
-    """N: ``Tensor[1, 3, T, H, W]`` uniform in [0, 1], the training clips' size, from ``noise_seed``."""
-    video = ctx.train_set[0][0]
+    """N: ``Tensor[1, C, T, H, W]`` uniform in [0, 1], the clips' geometry (``ctx.model_cfg``, which
+    phi is built for), drawn on the CPU from ``noise_seed`` so that every device gets the same N."""
+    m = ctx.model_cfg
     generator = torch.Generator().manual_seed(config.noise_seed)
-    return torch.rand((1, *video.shape), generator=generator).to(ctx.device)
+    return torch.rand((1, m.in_chans, m.frames, m.image_size, m.image_size), generator=generator).to(ctx.device)
 
 
 def collective_losses(anonymizer: nn.Module, lossnet: NormalizedRecognizer, layers: Sequence[int], video: Tensor,
