@@ -31,12 +31,12 @@ from torch import nn
 
 from stprivacy import evaluate_transform
 from stprivacy.attack.report import to_markdown, write_evaluation
-from stprivacy.methods.baselines import BASELINE_NAMES
 from stprivacy.cli import main as cli
 from stprivacy.commands.demo import FULL, TINY, _train_config
 from stprivacy.data.synthetic import SyntheticVideos
 from stprivacy.data.transforms import tensor_to_frames
 from stprivacy.data.video import write_video
+from stprivacy.methods.baselines import BASELINE_NAMES
 from stprivacy.model import STPrivacyConfig
 
 

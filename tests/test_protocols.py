@@ -7,15 +7,15 @@ import warnings
 
 import pytest
 import torch
+from video_factory import real_names, truncate, write_test_video
 
-from stprivacy.data.hmdb51 import HMDB51
-from stprivacy.data.ucf101 import UCF101
-from stprivacy.data.privacy_labels import load_privacy_labels
-from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.attack.protocols import cross_dataset_tag, run_protocol
+from stprivacy.data.hmdb51 import HMDB51
+from stprivacy.data.privacy_labels import load_privacy_labels
+from stprivacy.data.ucf101 import UCF101
+from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.train.config import TrainConfig
 from stprivacy.train.evaluation import stprivacy_transform
-from video_factory import real_names, truncate, write_test_video
 
 pytestmark = pytest.mark.filterwarnings("ignore:skipping unreadable video")
 MODEL_CFG = STPrivacyConfig.small()  # 8 frames of 32 x 32

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import metrics
 from ..data.video_dataset import collate_videos
 from ..errors import DatasetError
 from ..model import FrameClassifier, STPrivacy, STPrivacyConfig
@@ -39,6 +38,7 @@ from ..model.pretrained import load_pretrained_vit
 from ..progress import progress_bar
 from ..train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from ..train.config import TrainConfig, get_lr
+from . import metrics
 from .verdict import ATTACKERS, check_attackers, combine_attackers
 
 # A frozen anonymizer: Tensor[B, C, T, H, W] -> (Tensor[B, C, T, H, W], keep Tensor[B, L, N] or None).

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .verdict import ATTACKER_PROTOCOL
 from .seed_table import _pct, write_json_and_markdown
+from .verdict import ATTACKER_PROTOCOL
 
 ATTACKER_TITLES = {
     "video": "video ViT from scratch (paper Table 1)",

@@ -4,7 +4,9 @@ output, and for the built-in baselines, in one run and one table.
 Each method's training videos train fresh action and privacy recognizers (the attackers), which
 are then tested on its test videos: top-1, class-wise F1, cMAP and per-attribute AP.
 
-* ``--checkpoint ckpt.pt``: STPrivacy at one or more deployment keep ratios.
+* ``--checkpoint ckpt.pt ...``: STPrivacy at one or more deployment keep ratios, and the learned
+  comparison methods (``stprivacy train --method vita|spact|collective`` writes their checkpoints),
+  one row each; all must share one clip geometry.
 * ``--transformed-root [NAME=]DIR``: a folder of a method's anonymized videos mirroring the
   dataset's ``video_root`` (same relative paths, any container), evaluated with the dataset's own
   labels, splits and clip sampling. Videos missing from DIR or unreadable are named in the report
@@ -25,14 +27,23 @@ import os
 import shlex
 from pathlib import Path
 
-from ..attack.evaluate import (attacker_names, baseline_method, build_splits, evaluate_methods, folder_method,
-                      stprivacy_method)
+from torch import nn
+
+from ..attack.evaluate import (
+    attacker_names,
+    baseline_method,
+    build_splits,
+    evaluate_methods,
+    folder_method,
+    stprivacy_method,
+)
+from ..attack.protocols import add_protocol_arguments
 from ..attack.report import to_markdown, write_evaluation
-from ..methods.baselines import BASELINE_NAMES, DETECTOR_BASELINES
 from ..data.transformed import ON_MISSING
 from ..errors import InputNotFoundError, UsageError
+from ..methods.baselines import ALL_BASELINES
+from ..methods.learned import LearnedMethod, anonymizer_from_checkpoint, is_method_checkpoint, learned_row
 from ..model import STPrivacy, STPrivacyConfig
-from ..attack.protocols import add_protocol_arguments
 from ..train import TrainConfig, load_checkpoint
 from ..train.checkpoint import CheckpointError
 from ..train.distributed import barrier, init_from_env, is_main, shutdown
@@ -42,7 +53,9 @@ from .train import add_run_arguments, apply_run_arguments, load_run_config
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="evaluate anonymizers by the attack protocol (fresh recognizers, "
                               "then test)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, help="initialization.pt or adversarial.pt of `stprivacy train`")
+    p.add_argument("--checkpoint", type=Path, nargs="+", metavar="CKPT",
+                   help="initialization.pt or adversarial.pt of `stprivacy train` (at most one), and NAME.pt of "
+                        "`stprivacy train --method NAME` (learned comparison methods), one row each")
     p.add_argument("--transformed-root", nargs="+", default=[], metavar="[NAME=]DIR",
                    help="a method's anonymized videos mirroring the dataset's video_root; NAME names its row "
                         "(default: the folder's name)")
@@ -54,8 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "checkpoint's; without --checkpoint its 'model' section gives the clip geometry")
     p.add_argument("--keep-ratios", type=float, nargs="+", metavar="ALPHA",
                    help="deployment keep ratios (default: the config's eval_keep_ratios or the model's alpha)")
-    p.add_argument("--baselines", nargs="*", default=[], choices=BASELINE_NAMES + DETECTOR_BASELINES,
-                   metavar="NAME", help=f"also evaluate these baselines: {', '.join(BASELINE_NAMES + DETECTOR_BASELINES)}")
+    p.add_argument("--baselines", nargs="*", default=[], choices=ALL_BASELINES,
+                   metavar="NAME", help=f"also evaluate these baselines: {', '.join(ALL_BASELINES)}")
     p.add_argument("--imagenet-vit", type=Path, metavar="FILE",
                    help="also attack with recognizers initialized from this local ImageNet ViT file (timm / DeiT "
                         "layout, e.g. ViT-S/16): a stronger attacker, one per --protocol")
@@ -98,17 +111,32 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_ratios and any(not 0 < r <= 1 for r in args.keep_ratios):
         raise UsageError(f"--keep-ratios must be in (0, 1], got {args.keep_ratios}")
     roots = _roots(args.transformed_root, list(args.baselines))
-    model = None
+    model, learned = None, []
     if args.checkpoint is not None:
-        checkpoint = load_checkpoint(args.checkpoint)
-        model_cfg = _stored_config(args.checkpoint, checkpoint, "model", STPrivacyConfig)
-        cfg = load_run_config(args.config)[1] if args.config else _stored_config(args.checkpoint, checkpoint,
-                                                                                 "train", TrainConfig)
-        model = STPrivacy(model_cfg)
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except (KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{args.checkpoint}: its weights do not fit its model config ({e})") from e
+        loaded = [(path, load_checkpoint(path)) for path in args.checkpoint]
+        stprivacy = [(path, c) for path, c in loaded if not is_method_checkpoint(c)]
+        if len(stprivacy) > 1:
+            raise UsageError(f"--checkpoint: give at most one STPrivacy checkpoint, got {[str(p) for p, _ in stprivacy]}")
+        if args.keep_ratios and not stprivacy:
+            raise UsageError("--keep-ratios sets STPrivacy's deployment keep ratios: it needs an STPrivacy --checkpoint")
+        # The evaluation's clip geometry and recognizers' training: STPrivacy's run, else the first method's.
+        path, checkpoint = stprivacy[0] if stprivacy else loaded[0]
+        model_cfg = _stored_config(path, checkpoint, "model", STPrivacyConfig)
+        cfg = load_run_config(args.config)[1] if args.config else _stored_config(path, checkpoint, "train",
+                                                                                 TrainConfig)
+        if stprivacy:
+            model = STPrivacy(model_cfg)
+            try:
+                model.load_state_dict(checkpoint["model"])
+            except (KeyError, RuntimeError) as e:
+                raise CheckpointError(f"{path}: its weights do not fit its model config ({e})") from e
+        for path, checkpoint in loaded:
+            if is_method_checkpoint(checkpoint):
+                _check_geometry(path, _stored_config(path, checkpoint, "model", STPrivacyConfig), model_cfg)
+                learned.append(anonymizer_from_checkpoint(path, checkpoint))
+        titles = [method.title for method, _ in learned]
+        if len(set(titles)) < len(titles):
+            raise UsageError(f"--checkpoint: one checkpoint per learned method, got {titles}")
     elif args.config is None:
         raise UsageError("--config is required without --checkpoint: its run config gives the dataset, the clip "
                          "geometry and the recognizers' training")
@@ -117,13 +145,21 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_run_arguments(cfg, args)
     init_from_env(cfg.device)  # under torchrun the in-memory protocol trains the attackers with DDP
     try:
-        return _evaluate(args, model, model_cfg, cfg, roots)
+        return _evaluate(args, model, learned, model_cfg, cfg, roots)
     finally:
         shutdown()
 
 
-def _evaluate(args: argparse.Namespace, model: STPrivacy | None, model_cfg: STPrivacyConfig, cfg: TrainConfig,
-              roots: list[tuple[str, Path]]) -> int:
+def _check_geometry(path: Path, trained: STPrivacyConfig, evaluated: STPrivacyConfig) -> None:
+    """A learned method's clips must be the evaluation's: the attack protocol feeds it those."""
+    got, want = (trained.frames, trained.image_size), (evaluated.frames, evaluated.image_size)
+    if got != want:
+        raise CheckpointError(f"{path} was trained on clips of {got[0]} frames of {got[1]}x{got[1]}, but this "
+                              f"evaluation's are {want[0]} frames of {want[1]}x{want[1]}")
+
+
+def _evaluate(args: argparse.Namespace, model: STPrivacy | None, learned: list[tuple[LearnedMethod, nn.Module]],
+              model_cfg: STPrivacyConfig, cfg: TrainConfig, roots: list[tuple[str, Path]]) -> int:
     # Cross-dataset: the methods were trained on cfg.dataset and are evaluated on --eval-dataset.
     name = args.eval_dataset or cfg.dataset
     kwargs = (args.eval_dataset_kwargs or {}) if args.eval_dataset else cfg.dataset_kwargs
@@ -135,6 +171,7 @@ def _evaluate(args: argparse.Namespace, model: STPrivacy | None, model_cfg: STPr
     if model is not None:
         ratios = args.keep_ratios or cfg.eval_keep_ratios or [model.cfg.alpha]
         methods += [stprivacy_method(model, ratio, train_set, test_set) for ratio in ratios]
+    methods += [learned_row(method, anonymizer, cfg, train_set, test_set) for method, anonymizer in learned]
     if roots and "video_root" not in kwargs:
         raise UsageError(f"--transformed-root needs a dataset of video files (hmdb51, ucf101, pa_hmdb51, folder_csv) "
                          f"with a video_root; {name!r} has none (a generated benchmark: evaluate a transform of it "

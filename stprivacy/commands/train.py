@@ -1,9 +1,16 @@
 """``stprivacy train --config run.json``: the three phases on a dataset, checkpoints and a report.
 
-The config file is JSON with two sections::
+The config file is JSON with two sections, and one per learned comparison method it configures::
 
     {"model": {"preset": "small", "embed_dim": 64},      # STPrivacyConfig fields; preset: small | vit_s
-     "train": {"dataset": "synthetic", "batch_size": 32, "init_epochs": 10, ...}}   # TrainConfig fields
+     "train": {"dataset": "synthetic", "batch_size": 32, "init_epochs": 10, ...},   # TrainConfig fields
+     "vita": {"adv_epochs": 8, ...}}                      # VITAConfig fields, read with --method vita
+
+``--method NAME`` trains a learned comparison method (vita, spact, collective: stprivacy.methods)
+instead of STPrivacy, by its own paper's recipe, on the same data: the "model" section then gives
+the clip geometry, "train" the data, batch size, seed and the recognizers' sizes, and the method's
+section its own settings. It writes OUT/NAME.pt and, unless --skip-evaluation, attacks the method
+by the protocol of ``stprivacy evaluate``.
 
 Options given on the command line (--seed, --precision, ...) replace the config's values.
 Several processes: ``torchrun --nproc_per_node=N -m stprivacy.cli train ...`` (DDP; NCCL on GPUs,
@@ -18,9 +25,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InputNotFoundError, UsageError
-from ..model import STPrivacyConfig
+from ..attack import evaluate_methods
 from ..attack.protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
+from ..attack.report import to_markdown
+from ..errors import ConfigError, InputNotFoundError, UsageError
+from ..methods.learned import get_method, learned_row, method_config, method_names, train_method
+from ..model import STPrivacyConfig
+from ..model.config import upgrade_model_dict
 from ..train import TrainConfig, build_dataset, dataset_sizes, evaluate_stprivacy, train_anonymizer
 from ..train.anonymizer import check_filter_prior
 from ..train.distributed import barrier, init_from_env, is_main, shutdown
@@ -33,6 +44,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train STPrivacy (initialization, adversarial, evaluation)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, type=Path, help="JSON file with 'model' and 'train' sections")
+    p.add_argument("--method", default="stprivacy", metavar="NAME",
+                   help="stprivacy (default), or a learned comparison method: " + ", ".join(method_names())
+                        + " (trained by its own paper's recipe; settings in the config's section of that name)")
     p.add_argument("--out", type=Path, default=Path("runs/stprivacy"), help="checkpoints and report.json go here")
     add_protocol_arguments(p)  # --protocol video|frame, --eval-dataset (cross-dataset)
     p.add_argument("--skip-evaluation", action="store_true", help="stop after the adversarial phase")
@@ -105,7 +119,7 @@ def model_config_from_dict(section: dict[str, Any]) -> STPrivacyConfig:
     """``{"preset": name, **overrides}`` (or plain fields) -> STPrivacyConfig."""
     if not isinstance(section, dict):
         raise ConfigError(f"the 'model' section must be an object, got {type(section).__name__}")
-    section = dict(section)
+    section = upgrade_model_dict(dict(section))  # configs written before a field was renamed or removed
     preset = section.pop("preset", None)
     if preset is None:
         return STPrivacyConfig.from_dict(section)
@@ -118,13 +132,7 @@ def model_config_from_dict(section: dict[str, Any]) -> STPrivacyConfig:
     return STPrivacyConfig.from_dict({**base, **section})
 
 
-def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
-    """Read a run config file (see the module docstring).
-
-    Raises:
-        InputNotFoundError: no such file.
-        ConfigError: not JSON, unknown sections or keys, or values the configs reject.
-    """
+def _read_config_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"config file not found: {path}")
@@ -134,9 +142,21 @@ def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
         raise ConfigError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object with 'model' and 'train' sections")
-    unknown = sorted(set(data) - {"model", "train"})
+    unknown = sorted(set(data) - {"model", "train", *method_names()})
     if unknown:
-        raise ConfigError(f"unknown sections in {path}: {unknown}; expected 'model' and 'train'")
+        raise ConfigError(f"unknown sections in {path}: {unknown}; expected 'model' and 'train', and one per "
+                          f"learned method it configures ({', '.join(method_names())})")
+    return data
+
+
+def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
+    """Read a run config file (see the module docstring).
+
+    Raises:
+        InputNotFoundError: no such file.
+        ConfigError: not JSON, unknown sections or keys, or values the configs reject.
+    """
+    data = _read_config_file(path)
     try:
         # The config classes validate their fields with ValueError / TypeError: here every such
         # error is about a value in this file.
@@ -148,6 +168,16 @@ def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def load_method_config(path: Path, name: str) -> Any:
+    """The config of the learned method ``name`` from its section of the run config (its defaults
+    where the file has none)."""
+    method = get_method(name)
+    try:
+        return method_config(method, _read_config_file(path).get(name))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: section '{name}': {e}") from e
 
 
 def build_datasets(model_cfg: STPrivacyConfig, cfg: TrainConfig):
@@ -166,11 +196,35 @@ def print_results(results: dict[str, dict[str, Any]]) -> None:
 def run(args: argparse.Namespace) -> int:
     model_cfg, cfg = load_run_config(args.config)
     cfg = apply_run_arguments(cfg, args)
+    if args.method != "stprivacy":
+        method_cfg = load_method_config(args.config, args.method)
+        if args.resume:
+            raise UsageError(f"--resume continues an STPrivacy run; a {args.method} run trains again from its seed")
+        return _train_method(args, model_cfg, cfg, method_cfg)
     init_from_env(cfg.device)
     try:
         return _train(args, model_cfg, cfg)
     finally:
         shutdown()
+
+
+def _train_method(args: argparse.Namespace, model_cfg: STPrivacyConfig, cfg: TrainConfig, method_cfg: Any) -> int:
+    """A learned comparison method: trained on one process, then attacked as ``stprivacy evaluate`` does."""
+    train_set, test_set = build_datasets(model_cfg, cfg)
+    num_classes, num_attributes = dataset_sizes(train_set)
+    args.out.mkdir(parents=True, exist_ok=True)
+    anonymizer, history = train_method(args.method, method_cfg, model_cfg, cfg, train_set, num_classes=num_classes,
+                                       num_attributes=num_attributes, out_dir=args.out)
+    report: dict[str, Any] = {"method": args.method, "config": {"model": model_cfg.to_dict(), "train": cfg.to_dict(),
+                              args.method: method_cfg.to_dict()}, "history": history}
+    if not args.skip_evaluation:
+        row = learned_row(get_method(args.method), anonymizer, cfg, train_set, test_set)
+        evaluation = evaluate_methods([row], model_cfg, cfg, trained_on=cfg.dataset, evaluated_on=cfg.dataset)
+        report["evaluation"] = evaluation
+        print(to_markdown(evaluation))
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"{args.out / (args.method + '.pt')} and report.json written to {args.out}")
+    return 0
 
 
 def _train(args: argparse.Namespace, model_cfg: STPrivacyConfig, cfg: TrainConfig) -> int:

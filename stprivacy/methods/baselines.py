@@ -279,10 +279,9 @@ BASELINE_NAMES = ("raw", "downsample_2x", "downsample_4x", "blur_weak", "blur_st
 # The paper's Blackening, StrongBlur and WeakBlur: inside the person region.
 PERSON_BASELINES = ("person_blacken", "person_blur_strong", "person_blur_weak")
 CONTROLS = ("grey", "grey_blur", "oracle_grey_blur")
-# Every built-in baseline that is not a demo row. The command line offers
-# BASELINE_NAMES + DETECTOR_BASELINES; the older name says where it started (blacken_faces).
+# Every built-in baseline that is not a demo row.
 MORE_BASELINES = ("blacken_faces",) + PERSON_BASELINES + CONTROLS
-DETECTOR_BASELINES = MORE_BASELINES
+# What `stprivacy evaluate --baselines` offers.
 ALL_BASELINES = BASELINE_NAMES + MORE_BASELINES
 
 # What part of the frame each baseline changes (reports show it next to the row's name).

@@ -124,8 +124,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         CheckpointError: the file is truncated, corrupt, or not an stprivacy checkpoint.
     """
     checkpoint = read_weights_only(path, map_location)
-    if not isinstance(checkpoint, dict) or "phase" not in checkpoint:
-        raise CheckpointError(f"{path} is not an stprivacy checkpoint (expected a dict with a 'phase' key)")
+    # STPrivacy's checkpoints say their phase; a learned competitor's (stprivacy.methods.learned) its method.
+    if not isinstance(checkpoint, dict) or not {"phase", "method"} & set(checkpoint):
+        raise CheckpointError(f"{path} is not an stprivacy checkpoint (expected a dict with a 'phase' key, or "
+                              "a 'method' key for a learned competitor)")
     return checkpoint
 
 
