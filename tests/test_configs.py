@@ -33,3 +33,13 @@ def test_synthetic_config_is_the_demo_recipe():
     for name, value in FULL.train.items():
         assert getattr(train, name) == value, name
     assert train.recognizer == FULL.recognizer
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_learned_method_sections_parse(path):
+    """A config's section for a learned method (``stprivacy train --method NAME``) is that method's config."""
+    from stprivacy.commands.train import load_method_config
+    from stprivacy.methods.learned import method_names
+
+    for name in method_names():
+        assert load_method_config(path, name).to_dict()
