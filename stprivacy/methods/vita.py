@@ -69,6 +69,17 @@ Choices (where the paper leaves a choice open or our scale forces one):
 * Paper scale (16 x 112 x 112): ``width`` 32, ``residual_blocks`` 5, ``budget_width`` 32,
   ``budget_frame_stride`` 1, ``budget_steps`` 5, ``restart_every`` 200, ``restart_steps`` 200,
   ``lr_degrad`` 1e-4, ``lr_target`` 1e-5, ``lr_budget`` 1e-4, epochs set to the dataset's size.
+
+Measured at the demo's scale (synthetic benchmark, 768 / 384 videos, seed 0, 2 threads, these
+defaults; the demo's video attackers, 12 epochs): training took 99 s (159 s of CPU) on a shared
+2-core machine. Top-1 / cMAP (AP face, skin_color, gender, nudity, relationship):
+
+* raw: 100.0 / 78.9 (46.9, 100.0, 99.5, 81.1, 67.0)
+* VITA: 100.0 / 61.3 (47.9, 49.8, 62.2, 98.2, 48.7)
+* VITA's pretraining alone (``adv_epochs`` 0): 97.9 / 66.9 (47.5, 47.2, 89.9, 100.0, 50.1)
+
+The grey output alone hides the actor's tint (skin_color); the adversarial steps bring the gender
+glyph from 89.9 to 62.2 AP at no cost in top-1, and leave the nudity glyph readable (98.2).
 """
 from __future__ import annotations
 
