@@ -103,7 +103,8 @@ def test_truncated_video_is_skipped_and_counted_in_workers(hmdb_tree):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train = HMDB51(hmdb_tree / "videos", hmdb_tree / "testTrainMulti_7030_splits", subset="train")
-    loader = DataLoader(train, batch_size=2, num_workers=2, collate_fn=train.collate_fn)
+    # timeout: a worker that hangs fails the test instead of stalling the whole run
+    loader = DataLoader(train, batch_size=2, num_workers=2, collate_fn=train.collate_fn, timeout=120)
     batches = [b for b in loader if b is not None]
     assert sum(len(b[0]) for b in batches) == 3
     assert train.num_skipped == 1  # counted in a worker process, read here
