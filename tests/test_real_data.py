@@ -5,13 +5,14 @@ The videos are tiny files the tests write with PyAV under real HMDB51 / UCF101 n
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from stprivacy.data.folder_csv import FolderCSV
 from stprivacy.data.hmdb51 import HMDB51, parse_hmdb51_splits
@@ -99,19 +100,37 @@ def test_hmdb51_split_parsing_and_joining(hmdb_tree):
         parse_hmdb51_splits(hmdb_tree / "testTrainMulti_7030_splits", split=3)
 
 
+# Run in a fresh interpreter: forked DataLoader workers inherit the state of the process that
+# forks them, and after the rest of the suite (CI, a loaded 2-core machine) a worker of this
+# pytest process was twice seen waiting forever inside FFmpeg's swscale. The test is about
+# counting skipped videos across workers, so it forks them from a clean process.
+WORKERS_CHECK = """
+import json, sys, warnings
+from torch.utils.data import DataLoader
+from stprivacy.data.hmdb51 import HMDB51
+root = sys.argv[1]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    train = HMDB51(root + "/videos", root + "/testTrainMulti_7030_splits", subset="train")
+loader = DataLoader(train, batch_size=2, num_workers=2, collate_fn=train.collate_fn, timeout=120)
+batches = [b for b in loader if b is not None]
+video, action, privacy = batches[0]
+print(json.dumps({"videos": sum(len(b[0]) for b in batches), "skipped": train.num_skipped,
+                  "summary": train.summary(), "shape": list(video.shape[1:]), "action": str(action.dtype),
+                  "attributes": privacy.shape[1], "sizes": [train.num_classes, train.num_attributes]}))
+"""
+
+
 def test_truncated_video_is_skipped_and_counted_in_workers(hmdb_tree):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train = HMDB51(hmdb_tree / "videos", hmdb_tree / "testTrainMulti_7030_splits", subset="train")
-    # timeout: a worker that hangs fails the test instead of stalling the whole run
-    loader = DataLoader(train, batch_size=2, num_workers=2, collate_fn=train.collate_fn, timeout=120)
-    batches = [b for b in loader if b is not None]
-    assert sum(len(b[0]) for b in batches) == 3
-    assert train.num_skipped == 1  # counted in a worker process, read here
-    assert "1 unreadable video loads skipped" in train.summary()
-    video, action, privacy = batches[0]
-    assert video.shape[1:] == (3, 16, 112, 112) and action.dtype == torch.long and privacy.shape[1] == 5
-    assert (train.num_classes, train.num_attributes) == (51, 5)
+    res = subprocess.run([sys.executable, "-c", WORKERS_CHECK, str(hmdb_tree)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["videos"] == 3
+    assert out["skipped"] == 1  # counted in a worker process, read in the parent
+    assert "1 unreadable video loads skipped" in out["summary"]
+    assert out["shape"] == [3, 16, 112, 112] and out["action"] == "torch.int64" and out["attributes"] == 5
+    assert out["sizes"] == [51, 5]
     assert collate_videos([None, None]) is None
 
 

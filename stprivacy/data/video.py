@@ -18,7 +18,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from torch.utils.data import get_worker_info
 
 from ..errors import DatasetError, UserError
 
@@ -116,17 +115,6 @@ def verify_video(path: str | Path) -> VideoInfo:
     return info
 
 
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    """``uint8[H, W, 3]`` RGB of a decoded frame.
-
-    In a DataLoader worker (a forked process) the conversion runs on one thread: swscale's slice
-    threads were seen to leave a forked worker waiting forever on a condition variable inside
-    ``sws_scale_frame`` (CI, PyAV 18.1, two workers reading small MPEG-4 clips), and the workers
-    are the parallelism there anyway. Elsewhere swscale picks its thread count itself.
-    """
-    return frame.to_ndarray(format="rgb24", threads=1 if get_worker_info() is not None else None)
-
-
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Yields every frame of the first video stream, in order, as ``uint8[H, W, 3]`` RGB.
 
@@ -134,7 +122,7 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         VideoDecodeError: the file cannot be opened or decoding fails part way.
     """
     for frame in _decode(path):
-        yield _rgb(frame)
+        yield frame.to_ndarray(format="rgb24")
 
 
 def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray, num_frames: int | None = None) -> np.ndarray:
@@ -170,7 +158,7 @@ def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray, num_frame
         for i, frame in enumerate(_decode(path)):
             decoded = i + 1
             if i in needed or i >= last_needed:
-                kept[i] = _rgb(frame)
+                kept[i] = frame.to_ndarray(format="rgb24")
             if i >= last_needed:
                 break
     except av.FFmpegError as exc:  # a frame that decodes but does not convert
@@ -184,7 +172,7 @@ def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray, num_frame
     # The last decoded frame stands in for indices past a slightly short stream.
     last = kept.get(decoded - 1)
     if last is None:
-        last = _rgb(frame)
+        last = frame.to_ndarray(format="rgb24")
     return np.stack([kept.get(i, last) for i in wanted.tolist()])
 
 
