@@ -1,5 +1,9 @@
-"""ViT-S ImageNet initialization: a fake timm-layout checkpoint saved in the test, inflated to video."""
+"""ViT-S ImageNet initialization: a fake timm-layout checkpoint saved in the test, inflated to video;
+and the ``"timm:NAME"`` source, checked offline (only timm's download step is replaced)."""
 from __future__ import annotations
+
+import builtins
+import importlib.util
 
 import pytest
 import torch
@@ -7,11 +11,15 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from stprivacy.model import FrameClassifier, STPrivacy, STPrivacyConfig, VideoClassifier
+from stprivacy.errors import ConfigError
+from stprivacy.model import pretrained as pretrained_module
 from stprivacy.model.pretrained import (
     inflate_patch_embed,
     inflate_pos_embed,
     load_pretrained_vit,
+    load_timm_state_dict,
     load_vit_checkpoint,
+    timm_model_name,
 )
 
 D, PATCH, GRID, DEPTH = 48, 8, 28, 4  # a ViT with 8 px patches on 224 px images: a 28 x 28 grid
@@ -135,3 +143,112 @@ def test_training_config_initializes_the_anonymizer_from_a_local_checkpoint(tmp_
     data = build_dataset("synthetic", "train", geometry, train_videos=4)
     model, _ = train_anonymizer(cfg, train_cfg, data, num_classes=4, num_attributes=5)
     torch.testing.assert_close(model.psbs[1].blocks[0].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+
+
+# --- "timm:NAME" ------------------------------------------------------------------------------
+
+HAVE_TIMM = importlib.util.find_spec("timm") is not None
+needs_timm = pytest.mark.skipif(not HAVE_TIMM, reason="timm is not installed (the optional extra: pip install -e '.[timm]')")
+DEIT_S = "deit_small_patch16_224"
+
+
+def vit_s_config() -> STPrivacyConfig:
+    """ViT-S widths and depth (384, 6 heads, 3 PSBs x 3 + 3 PAB blocks) on a tiny clip: 4 x 32 x 32."""
+    return STPrivacyConfig.small(frames=4, image_size=32, tubelet=(2, 16, 16), embed_dim=384, num_heads=6,
+                                 depth=3, num_psb=3, pab_depth=3, mlp_ratio=4.0)
+
+
+def test_timm_source_parsing_and_missing_timm(monkeypatch):
+    """Runs without timm: the name parsing, and the one line that names the extra."""
+    assert timm_model_name(f"timm:{DEIT_S}") == DEIT_S
+    for bad in ("timm:", "timm: ", "deit.pth"):
+        with pytest.raises(ConfigError, match="expected 'timm:NAME'"):
+            timm_model_name(bad)
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm" or name.startswith("timm."):
+            raise ImportError("No module named 'timm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "timm", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(ConfigError) as info:
+        load_pretrained_vit(STPrivacy(small_config()), f"timm:{DEIT_S}")
+    message = str(info.value)
+    assert "\n" not in message and 'pip install "stpriv[timm]"' in message and DEIT_S in message
+
+
+def test_training_config_checks_the_timm_form():
+    from stprivacy.train import TrainConfig
+
+    assert TrainConfig(pretrained=f"timm:{DEIT_S}").pretrained == f"timm:{DEIT_S}"  # no timm needed to parse
+    with pytest.raises(ValueError, match="pretrained 'timm:'"):
+        TrainConfig(pretrained="timm:")
+    with pytest.raises(TypeError, match="pretrained must be a string"):
+        TrainConfig(pretrained=None)
+
+
+@pytest.fixture
+def offline_timm(monkeypatch):
+    """timm with only its download replaced: ``pretrained=True`` builds the same architecture with
+    ``pretrained=False`` (seeded random weights) and returns it; name checks and mapping stay real."""
+    timm = pytest.importorskip("timm", reason="timm is not installed (the optional extra: pip install -e '.[timm]')")
+    built = {}
+
+    def create_offline(timm_module, name):
+        torch.manual_seed(0)
+        built[name] = timm_module.create_model(name, pretrained=False)
+        return built[name]
+
+    monkeypatch.setattr(pretrained_module, "_create_pretrained_timm_model", create_offline)
+    return timm, built
+
+
+@needs_timm
+def test_timm_source_maps_like_the_models_state_dict(offline_timm):
+    _, built = offline_timm
+    torch.manual_seed(1)
+    via_timm = STPrivacy(vit_s_config())
+    report = load_pretrained_vit(via_timm, f"timm:{DEIT_S}")
+    reference = built[DEIT_S].state_dict()
+    assert reference["pos_embed"].shape == (1, 1 + 14 * 14, 384)  # DeiT-S: class token + 14 x 14 grid
+    torch.manual_seed(1)
+    via_dict = STPrivacy(vit_s_config())
+    expected = load_pretrained_vit(via_dict, reference)
+    assert report.loaded == expected.loaded and report.unused == expected.unused
+    for (name, got), (_, want) in zip(via_timm.state_dict().items(), via_dict.state_dict().items()):
+        torch.testing.assert_close(got, want, msg=name)
+    # Concrete checks of the mapping, not only agreement: 12 ViT blocks -> 3 PSBs x 3 + PAB x 3.
+    torch.testing.assert_close(via_timm.psbs[2].blocks[2].attn.qkv.weight, reference["blocks.8.attn.qkv.weight"])
+    torch.testing.assert_close(via_timm.pab.blocks[2].mlp.fc2.bias, reference["blocks.11.mlp.fc2.bias"])
+    assert {"cls_token", "head.weight", "norm.weight"} <= set(report.unused)
+
+
+@needs_timm
+def test_timm_source_errors_are_one_line_naming_the_model(offline_timm, monkeypatch):
+    for source, fragment in (("timm:not_a_model_xyz", "no model named 'not_a_model_xyz'"),
+                             (f"timm:{DEIT_S}.no_such_tag", "no pretrained weights")):
+        with pytest.raises(ConfigError, match=fragment) as info:
+            load_timm_state_dict(source)
+        assert "\n" not in str(info.value)
+    # A ViT whose width does not fit ViT-S (DeiT-Tiny: 192), and a model without ViT keys.
+    for name, fragment in (("deit_tiny_patch16_224", "ViT-S model"), ("resnet18", "patch_embed")):
+        with pytest.raises(ConfigError, match=fragment) as info:
+            load_pretrained_vit(STPrivacy(vit_s_config()), f"timm:{name}")
+        assert f"timm:{name}" in str(info.value) and "\n" not in str(info.value)
+
+    def unreachable(timm_module, name):  # what huggingface_hub raises with no network and no cache
+        raise FileNotFoundError("An error happened while trying to locate the file on the Hub")
+
+    monkeypatch.setattr(pretrained_module, "_create_pretrained_timm_model", unreachable)
+    with pytest.raises(ConfigError, match="could not fetch the weights") as info:
+        load_pretrained_vit(STPrivacy(vit_s_config()), f"timm:{DEIT_S}")
+    assert "local checkpoint file path works offline" in str(info.value) and "\n" not in str(info.value)
+
+    def bug(timm_module, name):  # anything else is not a network problem and keeps its traceback
+        raise KeyError("unexpected")
+
+    monkeypatch.setattr(pretrained_module, "_create_pretrained_timm_model", bug)
+    with pytest.raises(KeyError):
+        load_timm_state_dict(f"timm:{DEIT_S}")

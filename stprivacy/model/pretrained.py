@@ -1,11 +1,16 @@
-"""Initialization from a local ImageNet ViT-S checkpoint (paper §4.3), inflated from images to video.
+"""Initialization from an ImageNet ViT-S checkpoint (paper §4.3), inflated from images to video.
 
-The checkpoint is a file on disk in timm / DeiT key layout (``patch_embed.proj.weight``,
-``pos_embed``, ``cls_token``, ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``,
-``norm``, ``head``), e.g. timm's ``vit_small_patch16_224`` or DeiT-S. It is read with
-safetensors, or with ``torch.load(weights_only=True)`` for ``.pth`` / ``.pt`` files (DeiT's
-``{"model": state_dict}`` wrapper is unwrapped), so an untrusted file cannot run code. Nothing is
-downloaded.
+The checkpoint is in timm / DeiT key layout (``patch_embed.proj.weight``, ``pos_embed``,
+``cls_token``, ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``,
+``head``), e.g. timm's ``vit_small_patch16_224`` or DeiT-S. Its source is one of:
+
+* **a local file**, read with safetensors, or with ``torch.load(weights_only=True)`` for
+  ``.pth`` / ``.pt`` files (DeiT's ``{"model": state_dict}`` wrapper is unwrapped), so an
+  untrusted file cannot run code. Nothing is downloaded; this works offline.
+* **``"timm:NAME"``** (e.g. ``"timm:deit_small_patch16_224"``, the authors' ImageNet ViT-S):
+  ``timm.create_model(NAME, pretrained=True)`` fetches the weights from timm's hub (or its local
+  cache), and the model's state dict goes through the same mapping as a file's. timm is the
+  optional extra ``pip install "stpriv[timm]"``; it is imported only for this form.
 
 Inflation:
 
@@ -30,14 +35,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .network import STPrivacy
 from .recognizers import FrameClassifier, VideoClassifier
 
+TIMM_PREFIX = "timm:"
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
 _TIME_INITS = ("average", "center")
 
@@ -78,6 +86,75 @@ def load_vit_checkpoint(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors (timm / DeiT layout expected)")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def is_timm_source(source: object) -> bool:
+    """Whether a checkpoint source names a timm model (``"timm:NAME"``) rather than a file."""
+    return isinstance(source, str) and source.startswith(TIMM_PREFIX)
+
+
+def timm_model_name(source: str) -> str:
+    """The NAME of ``"timm:NAME"``.
+
+    Raises:
+        ConfigError: the source is not of that form, or NAME is empty.
+    """
+    name = source.removeprefix(TIMM_PREFIX).strip() if is_timm_source(source) else ""
+    if not name:
+        raise ConfigError(f"pretrained {source!r}: expected 'timm:NAME', e.g. 'timm:deit_small_patch16_224'")
+    return name
+
+
+def _create_pretrained_timm_model(timm: Any, name: str) -> nn.Module:
+    """The one step that downloads: timm's model with its ImageNet weights (hub or local cache)."""
+    return timm.create_model(name, pretrained=True)
+
+
+def _is_fetch_error(error: Exception) -> bool:
+    """Whether ``error`` means the hub could not be reached (no network, DNS, timeout, no cache).
+
+    huggingface_hub raises ``OSError`` subclasses (``LocalEntryNotFoundError``); older versions let
+    ``requests`` / ``urllib3`` errors through, newer ones ``httpx``'s, which are not ``OSError``.
+    """
+    if isinstance(error, OSError):
+        return True
+    return type(error).__module__.split(".")[0] in {"huggingface_hub", "requests", "urllib3", "httpx", "httpx2"}
+
+
+def load_timm_state_dict(source: str) -> dict[str, Tensor]:
+    """The ImageNet weights of ``"timm:NAME"`` as a timm-layout state dict (CPU tensors).
+
+    Raises:
+        ConfigError: timm is not installed; NAME is not a timm model with pretrained weights; or
+            the weights could not be fetched (no network and not in timm's cache). Each is one
+            line naming the fix.
+    """
+    name = timm_model_name(source)
+    try:
+        import timm
+    except ImportError as e:
+        raise ConfigError(f"pretrained {source!r} needs timm: pip install \"stpriv[timm]\" "
+                          f"(or give a local checkpoint file)") from e
+    # Checked before any download: timm would build an unknown name's architecture never, and a
+    # known one without weights silently with random weights, which must not pass as ImageNet's.
+    if not timm.is_model(name):
+        raise ConfigError(f"pretrained {source!r}: timm has no model named {name!r}")
+    if not timm.list_pretrained(name) and not timm.list_pretrained(f"{name}.*"):
+        raise ConfigError(f"pretrained {source!r}: timm has no pretrained weights for {name!r}")
+    try:
+        model = _create_pretrained_timm_model(timm, name)
+    except Exception as e:  # noqa: BLE001 - only fetch errors are translated, the rest re-raised
+        if not _is_fetch_error(e):
+            raise
+        raise ConfigError(f"pretrained {source!r}: could not fetch the weights from timm's hub "
+                          f"({type(e).__name__}); a local checkpoint file path works offline") from e
+    return {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+
+
+def load_vit_source(source: str | Path) -> dict[str, Tensor]:
+    """A ViT state dict from ``"timm:NAME"`` (:func:`load_timm_state_dict`) or a local file
+    (:func:`load_vit_checkpoint`)."""
+    return load_timm_state_dict(source) if is_timm_source(source) else load_vit_checkpoint(source)
 
 
 def inflate_patch_embed(weight: Tensor, time_size: int, time_init: str = "average") -> Tensor:
@@ -143,16 +220,29 @@ def load_pretrained_vit(model: nn.Module, checkpoint: str | Path | dict[str, Ten
 
     Args:
         model: :class:`STPrivacy`, :class:`VideoClassifier` or :class:`FrameClassifier`.
-        checkpoint: a checkpoint file (:func:`load_vit_checkpoint`) or an already loaded state dict.
+        checkpoint: a checkpoint file, ``"timm:NAME"`` (:func:`load_vit_source`), or an already
+            loaded state dict.
         time_init: ``"average"`` or ``"center"``, how the patch kernel spreads over dT frames.
 
     Returns:
         :class:`LoadReport`.
 
     Raises:
-        ValueError: a missing ``patch_embed``/``pos_embed`` entry, or a shape that does not fit.
+        ValueError: a missing ``patch_embed``/``pos_embed`` entry, or a shape that does not fit
+            (a :class:`~stprivacy.errors.ConfigError` naming the model for ``"timm:NAME"``).
     """
+    if is_timm_source(checkpoint):
+        state = load_timm_state_dict(checkpoint)
+        try:
+            return _load_state(model, state, time_init)
+        except ValueError as e:  # e.g. a ViT-B's width, or a ResNet's keys: name the timm model
+            raise ConfigError(f"pretrained {checkpoint!r} does not fit this model: {e}") from e
     state = load_vit_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else dict(checkpoint)
+    return _load_state(model, state, time_init)
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor], time_init: str) -> LoadReport:
+    """:func:`load_pretrained_vit` on a state dict of our own (popped as it is mapped)."""
     embed, blocks, norm = _targets(model)
     for key in ("patch_embed.proj.weight", "pos_embed"):
         if key not in state:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..model.config import dataclass_from_dict, drop_removed_fields
+from ..model.pretrained import is_timm_source, timm_model_name
 
 
 ADVERSARIAL_SCOPES = ("pab", "all")
@@ -23,8 +24,10 @@ class TrainConfig:
     Attributes:
         dataset: a name known to ``stprivacy.train.data_factory.build_dataset``.
         dataset_kwargs: keyword arguments for that dataset (sizes, root directory, ...).
-        pretrained: a local ImageNet ViT checkpoint (timm / DeiT layout, .safetensors or .pth) that
-            initializes the anonymizer and the phase-1/2 recognizers, inflated to video (paper §4.3);
+        pretrained: the ImageNet ViT that initializes the anonymizer and the phase-1/2
+            recognizers, inflated to video (paper §4.3): ``"timm:NAME"`` (e.g.
+            ``"timm:deit_small_patch16_224"``, fetched through timm, the ``stpriv[timm]`` extra) or a
+            local checkpoint file (timm / DeiT layout, .safetensors or .pth; works offline);
             empty = random init. See ``stprivacy.model.pretrained``.
         batch_size: videos per step.
         base_lr: the learning rate at batch 512; the used peak is ``base_lr * batch_size / 512``.
@@ -179,6 +182,10 @@ class TrainConfig:
         for name in ("compile", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.pretrained, str):
+            raise TypeError(f"pretrained must be a string (a file path or 'timm:NAME'), got {self.pretrained!r}")
+        if is_timm_source(self.pretrained):
+            timm_model_name(self.pretrained)  # an empty NAME fails here; timm itself is needed only to load
         if not isinstance(self.dataset, str) or not isinstance(self.device, str):
             raise TypeError(f"dataset and device must be strings, got {self.dataset!r} and {self.device!r}")
         try:
