@@ -23,7 +23,9 @@ the same anonymizer bit for bit); they only serve the evaluation's attackers.
 Choices
 -------
 Where the paper is silent or our scale forces a change (defaults = the embedded benchmark's 8 x 32 x
-32 clips, 768 training videos, batch 16, about 90 s on 2 CPU cores):
+32 clips, 768 training videos, batch 16). Measured cost of one epoch of each stage on one
+thread: identity 4.9 s, f_B pretraining 1.6 s, f_T pretraining 4.3 s, min-max 9.2 s, so about
+120 s for the defaults on one thread (an estimated 85-90 s on two idle cores):
 
 * **UNet size**: ``width=8, depth=2`` (widths 8-16, bottleneck 16 at 8 x 8) instead of 64 and 4
   downs (17.3 M parameters): 32 px frames would allow 5 downs, but f_A runs on every frame of every
