@@ -3,6 +3,7 @@ and the ``"timm:NAME"`` source, checked offline (only timm's download step is re
 from __future__ import annotations
 
 import builtins
+import copy
 import importlib.util
 
 import pytest
@@ -210,11 +211,10 @@ def test_timm_source_maps_like_the_models_state_dict(offline_timm):
     _, built = offline_timm
     torch.manual_seed(1)
     via_timm = STPrivacy(vit_s_config())
+    via_dict = copy.deepcopy(via_timm)  # the same initialization (what the checkpoint leaves alone)
     report = load_pretrained_vit(via_timm, f"timm:{DEIT_S}")
     reference = built[DEIT_S].state_dict()
     assert reference["pos_embed"].shape == (1, 1 + 14 * 14, 384)  # DeiT-S: class token + 14 x 14 grid
-    torch.manual_seed(1)
-    via_dict = STPrivacy(vit_s_config())
     expected = load_pretrained_vit(via_dict, reference)
     assert report.loaded == expected.loaded and report.unused == expected.unused
     for (name, got), (_, want) in zip(via_timm.state_dict().items(), via_dict.state_dict().items()):
@@ -232,10 +232,12 @@ def test_timm_source_errors_are_one_line_naming_the_model(offline_timm, monkeypa
         with pytest.raises(ConfigError, match=fragment) as info:
             load_timm_state_dict(source)
         assert "\n" not in str(info.value)
-    # A ViT whose width does not fit ViT-S (DeiT-Tiny: 192), and a model without ViT keys.
+    # A ViT whose width does not fit ViT-S (DeiT-Tiny: 192), and a model without ViT keys; both
+    # fail on the first entry checked, before anything is copied, so one model serves both.
+    model = STPrivacy(vit_s_config())
     for name, fragment in (("deit_tiny_patch16_224", "ViT-S model"), ("resnet18", "patch_embed")):
         with pytest.raises(ConfigError, match=fragment) as info:
-            load_pretrained_vit(STPrivacy(vit_s_config()), f"timm:{name}")
+            load_pretrained_vit(model, f"timm:{name}")
         assert f"timm:{name}" in str(info.value) and "\n" not in str(info.value)
 
     def unreachable(timm_module, name):  # what huggingface_hub raises with no network and no cache
@@ -243,7 +245,7 @@ def test_timm_source_errors_are_one_line_naming_the_model(offline_timm, monkeypa
 
     monkeypatch.setattr(pretrained_module, "_create_pretrained_timm_model", unreachable)
     with pytest.raises(ConfigError, match="could not fetch the weights") as info:
-        load_pretrained_vit(STPrivacy(vit_s_config()), f"timm:{DEIT_S}")
+        load_pretrained_vit(model, f"timm:{DEIT_S}")
     assert "local checkpoint file path works offline" in str(info.value) and "\n" not in str(info.value)
 
     def bug(timm_module, name):  # anything else is not a network problem and keeps its traceback
