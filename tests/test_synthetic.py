@@ -175,3 +175,15 @@ def test_oracle_masks_keep_exactly_the_actor_cells():
     for i in range(5):
         assert torch.equal(masks[i, 2], (ds.layout(i) == CELL_ACTOR).flatten().float())
         assert torch.equal(masks[i, 0], masks[i, 3]) and masks[i, 0].sum() == 4
+
+
+def test_materialized_copy_keeps_what_the_dataset_declares():
+    from stprivacy.data.synthetic import materialize
+
+    data = SyntheticVideos("train", num_videos=8, seed=3)
+    copy = materialize(data)
+    assert (copy.num_classes, copy.num_attributes) == (data.num_classes, data.num_attributes)
+    assert getattr(copy, "attributes", None) == getattr(data, "attributes", None)
+    video, action, privacy = copy[5]
+    ref = data[5]
+    assert torch.equal(video, ref[0]) and int(action) == ref[1] and torch.equal(privacy, ref[2])

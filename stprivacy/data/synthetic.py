@@ -354,6 +354,8 @@ def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
     """Generate every item once into memory: (videos [M,3,T,H,W], actions [M], privacy [M,P]).
 
     Worth it whenever a dataset is iterated many times (the demo trains a dozen models on it).
+    The copy keeps what the dataset declares (``num_classes``, ``num_attributes``,
+    ``attributes``), so the attack protocol takes it as it takes the dataset.
     """
     videos, actions, privacy = [], [], []
     for i in range(len(dataset)):
@@ -361,9 +363,13 @@ def materialize(dataset: Dataset) -> torch.utils.data.TensorDataset:
         videos.append(v)
         actions.append(a)
         privacy.append(p)
-    return torch.utils.data.TensorDataset(
+    copy = torch.utils.data.TensorDataset(
         torch.stack(videos), torch.tensor(actions, dtype=torch.long), torch.stack(privacy)
     )
+    for name in ("num_classes", "num_attributes", "attributes"):
+        if hasattr(dataset, name):
+            setattr(copy, name, getattr(dataset, name))
+    return copy
 
 
 __all__ = [
