@@ -254,3 +254,17 @@ def test_timm_source_errors_are_one_line_naming_the_model(offline_timm, monkeypa
     monkeypatch.setattr(pretrained_module, "_create_pretrained_timm_model", bug)
     with pytest.raises(KeyError):
         load_timm_state_dict(f"timm:{DEIT_S}")
+
+
+@needs_timm
+def test_imagenet_attackers_take_a_timm_source(offline_timm):
+    """``stprivacy evaluate --imagenet-vit timm:NAME``: the attackers start from timm's weights."""
+    from stprivacy.attack.evaluate import load_attacker_init
+    from stprivacy.errors import UsageError
+    from stprivacy.train import TrainConfig
+
+    _, loaded = load_attacker_init(f"timm:{DEIT_S}", vit_s_config(), TrainConfig(), 5)
+    assert loaded["video"] > 0 and loaded["frame"] > 0
+    small = TrainConfig(recognizer={"embed_dim": 48, "num_heads": 3, "depth": 1})
+    with pytest.raises(UsageError, match=f"--imagenet-vit timm:{DEIT_S}"):
+        load_attacker_init(f"timm:{DEIT_S}", vit_s_config(), small, 5)

@@ -47,7 +47,7 @@ from ..data.transformed import transformed_folder
 from ..errors import InputNotFoundError, UsageError
 from ..methods.baselines import BASELINE_REGIONS, make_baseline
 from ..model import FrameClassifier, STPrivacy, STPrivacyConfig
-from ..model.pretrained import load_pretrained_vit, load_vit_checkpoint
+from ..model.pretrained import is_timm_source, load_pretrained_vit, load_vit_source
 from ..train.common import make_recognizer
 from ..train.config import TrainConfig
 from ..train.distributed import world_size
@@ -142,18 +142,20 @@ def _check_attackers(attackers: Sequence[str], imagenet_vit: str | Path | None) 
     if not attackers or unknown:
         raise UsageError(f"attackers must be a non-empty subset of {tuple(ATTACKER_PROTOCOL)}, got {attackers}")
     if imagenet_vit is None and any(a.endswith("_imagenet") for a in attackers):
-        raise UsageError("the *_imagenet attackers need imagenet_vit (--imagenet-vit FILE), a local ImageNet ViT file")
+        raise UsageError("the *_imagenet attackers need imagenet_vit (--imagenet-vit FILE or timm:NAME), an ImageNet ViT")
     return attackers
 
 
 def load_attacker_init(path: str | Path, model_cfg: STPrivacyConfig, cfg: TrainConfig, num_outputs: int
                        ) -> tuple[dict[str, Tensor], dict[str, int]]:
-    """The ImageNet ViT state dict of ``path``, checked now against both recognizer kinds (so a
-    wrong file fails before any training). Returns it and how many parameters each kind loads."""
-    if not Path(path).is_file():
-        raise InputNotFoundError(f"--imagenet-vit: no such file {path} (expected a local timm / DeiT ViT checkpoint)")
+    """The ImageNet ViT state dict of ``path`` (a local file, or ``"timm:NAME"`` through timm),
+    checked now against both recognizer kinds (so a wrong file fails before any training). Returns
+    it and how many parameters each kind loads."""
+    if not is_timm_source(path) and not Path(path).is_file():
+        raise InputNotFoundError(f"--imagenet-vit: no such file {path} (expected a local timm / DeiT ViT checkpoint, "
+                                 "or timm:NAME)")
     try:
-        state = load_vit_checkpoint(path)
+        state = load_vit_source(path)
         video = make_recognizer(model_cfg, cfg, num_outputs, multilabel=True).classifier
         frame = FrameClassifier.from_config(model_cfg, num_outputs, multilabel=True, **_frame_overrides(cfg))
         loaded = {kind: len(load_pretrained_vit(model, state).loaded) for kind, model in
@@ -216,7 +218,7 @@ def evaluate_methods(methods: Sequence[Method], model_cfg: STPrivacyConfig, cfg:
     Args:
         methods: the rows, in table order; all on splits of one dataset.
         attackers: names of :data:`ATTACKER_PROTOCOL`.
-        imagenet_vit: the local ImageNet ViT file of the ``*_imagenet`` attackers.
+        imagenet_vit: the ImageNet ViT of the ``*_imagenet`` attackers: a local file or ``"timm:NAME"``.
         trained_on, evaluated_on: dataset names; they differ in the cross-dataset ("novel
             actions") protocol, where a method trained on one benchmark is evaluated on another.
         on_result: called with each finished row (the command line prints it).

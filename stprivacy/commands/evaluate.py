@@ -69,9 +69,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="deployment keep ratios (default: the config's eval_keep_ratios or the model's alpha)")
     p.add_argument("--baselines", nargs="*", default=[], choices=ALL_BASELINES,
                    metavar="NAME", help=f"also evaluate these baselines: {', '.join(ALL_BASELINES)}")
-    p.add_argument("--imagenet-vit", type=Path, metavar="FILE",
-                   help="also attack with recognizers initialized from this local ImageNet ViT file (timm / DeiT "
-                        "layout, e.g. ViT-S/16): a stronger attacker, one per --protocol")
+    p.add_argument("--imagenet-vit", metavar="FILE|timm:NAME",
+                   help="also attack with recognizers initialized from an ImageNet ViT: a local file (timm / DeiT "
+                        "layout, e.g. ViT-S/16) or timm:NAME (e.g. timm:deit_small_patch16_224, needs the timm "
+                        "extra and its hub once): a stronger attacker, one per --protocol")
     p.add_argument("--out", type=Path, help="write evaluation.json, evaluation.md and tradeoff.png here")
     add_protocol_arguments(p, several=True)  # --protocol video frame, --eval-dataset (cross-dataset)
     add_run_arguments(p)
