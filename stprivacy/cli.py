@@ -9,10 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import anonymize, demo, evaluate, train
+from .commands import anonymize, demo, evaluate, export, train
 from .errors import UserError
 
-COMMANDS = [demo, train, evaluate, anonymize]
+COMMANDS = [demo, train, evaluate, anonymize, export]
 
 
 def build_parser() -> argparse.ArgumentParser:

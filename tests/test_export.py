@@ -1,0 +1,155 @@
+"""`stprivacy export`: the ONNX deployment pass matches ``STPrivacy.anonymize``, and bad input is refused.
+
+Nothing is trained: a randomly initialized tiny model is saved the way `stprivacy train` saves
+one. The parity tests need onnxruntime (``pip install stpriv[onnx]``) and skip without it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from video_factory import write_test_video
+
+from stprivacy.anonymize import load_anonymizer
+from stprivacy.cli import main as cli_main
+from stprivacy.data.transforms import frames_to_tensor
+from stprivacy.data.video import iter_frames
+from stprivacy.export import INPUT_NAME, export_anonymizer
+from stprivacy.model import STPrivacy, STPrivacyConfig
+
+# 8 frames of 32 x 32, tubelets 2 x 8 x 8 (4 steps of 16 tubelets), three PSBs, a tiny width.
+CFG = STPrivacyConfig.small(embed_dim=32, num_heads=2)
+ATOL = 1e-4
+
+
+def _save(model: STPrivacy, path):
+    torch.save({"phase": "adversarial", "model": model.state_dict(),
+                "config": {"model": model.cfg.to_dict(), "train": {}}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A randomly initialized model saved the way `stprivacy train` saves one."""
+    torch.manual_seed(0)
+    return _save(STPrivacy(CFG), tmp_path_factory.mktemp("ckpt") / "stprivacy.pt")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> torch.Tensor:
+    """``Tensor[1, 3, 8, 32, 32]``: a clip written as a real video file and decoded back."""
+    path = write_test_video(tmp_path_factory.mktemp("video") / "clip.avi", num_frames=CFG.frames,
+                            height=CFG.image_size, width=CFG.image_size)
+    return frames_to_tensor(np.stack(list(iter_frames(path))))[None]
+
+
+def _session(path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install stpriv[onnx])")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("keep_ratio", [0.7, 1.0])
+def test_exported_file_matches_anonymize_on_a_decoded_video(tmp_path, checkpoint, clip, keep_ratio, capsys):
+    out = tmp_path / "anonymizer.onnx"
+    assert cli_main(["export", "--checkpoint", str(checkpoint), "--keep-ratio", str(keep_ratio), "-o", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    session = _session(out)
+    model = load_anonymizer(checkpoint)
+    generator = torch.Generator().manual_seed(1)
+    # The decoded clip, and a batch of three (the graph's batch size is free) with random pixels.
+    for video in (clip, torch.rand(3, *clip.shape[1:], generator=generator)):
+        expected = model.anonymize(video, keep_ratio)
+        (got,) = session.run(None, {INPUT_NAME: video.numpy()})
+        assert got.shape == tuple(video.shape)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=ATOL)
+    if keep_ratio < 1.0:  # 16 -> 11 -> 7 -> 5 tubelets per step kept: the others are black
+        black = (expected == 0).all(dim=1)  # [B, T, H, W]
+        assert abs(black.float().mean().item() - 11 / 16) < 1e-6
+
+
+@pytest.mark.parametrize("pab_filter", [False, True])
+def test_residual_and_filter_anonymization_blocks_export(tmp_path, clip, pab_filter):
+    """The PAB variants with another output path: the residual head, and the tubelet filter."""
+    torch.manual_seed(2)
+    model = STPrivacy(STPrivacyConfig.small(embed_dim=32, num_heads=2, pab_residual=True, pab_filter=pab_filter))
+    # Both start as the identity on kept tubelets (zero head, zero gates): give them something to do.
+    output_layer = model.pab.filter if pab_filter else model.pab.head
+    with torch.no_grad():
+        output_layer.weight.normal_(0, 0.5)
+    path = export_anonymizer(model, tmp_path / "anonymizer.onnx", 0.8)
+    expected = model.anonymize(clip, 0.8)
+    assert not torch.equal(expected, clip * (expected != 0))  # the kept tubelets were rewritten
+    (got,) = _session(path).run(None, {INPUT_NAME: clip.numpy()})
+    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=ATOL)
+
+
+def test_tied_keep_scores_keep_the_same_tubelets(tmp_path, clip):
+    """The stable sort exported as ONNX TopK breaks ties as PyTorch does: towards the lower index."""
+    torch.manual_seed(3)
+    model = STPrivacy(CFG)
+    with torch.no_grad():  # every predictor outputs its bias alone: every keep score ties
+        for psb in model.psbs:
+            psb.predictor.out_conv[-2].weight.zero_()
+    path = export_anonymizer(model, tmp_path / "anonymizer.onnx", 0.5)
+    expected = model.anonymize(clip, 0.5)
+    # 16 -> 8 -> 4 -> 2 tubelets per step, the first two of each step (row 0 of the 4 x 4 grid, left).
+    kept = (expected != 0).any(dim=1)[0, 0]  # [H, W] of the first frame
+    assert kept[:8, :16].all() and not kept[:8, 16:].any() and not kept[8:].any()
+    (got,) = _session(path).run(None, {INPUT_NAME: clip.numpy()})
+    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=ATOL)
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("case", ["missing", "damaged", "keep_ratio_zero", "keep_ratio_above_one",
+                                  "no_folder", "folder_is_a_file", "not_onnx", "exists"])
+def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, checkpoint, capsys, case):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    ckpt, ratio, out = str(checkpoint), "0.5", out_dir / "anonymizer.onnx"
+    if case == "missing":
+        ckpt = str(tmp_path / "nothing.pt")
+    elif case == "damaged":
+        damaged = tmp_path / "damaged.pt"
+        damaged.write_bytes(checkpoint.read_bytes()[:2000])
+        ckpt = str(damaged)
+    elif case == "keep_ratio_zero":
+        ratio = "0"
+    elif case == "keep_ratio_above_one":
+        ratio = "1.5"
+    elif case == "no_folder":
+        out = out_dir / "missing" / "anonymizer.onnx"
+    elif case == "folder_is_a_file":
+        (out_dir / "file").write_text("not a folder")
+        out = out_dir / "file" / "anonymizer.onnx"
+    elif case == "not_onnx":
+        out = out_dir / "anonymizer.pt"
+    elif case == "exists":
+        out.write_bytes(b"keep me")
+    before = _leftovers(out_dir)
+    assert cli_main(["export", "--checkpoint", ckpt, "--keep-ratio", ratio, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stprivacy export: error: "), err
+    assert _leftovers(out_dir) == before
+    if case == "exists":
+        assert out.read_bytes() == b"keep me"
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, checkpoint, monkeypatch):
+    """The file is written under a temporary name and renamed: a failure at the rename leaves nothing."""
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr("stprivacy.export.os.replace", refuse)
+    with pytest.raises(Exception, match="cannot write"):
+        export_anonymizer(checkpoint, tmp_path / "anonymizer.onnx", 0.5)
+    assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_an_existing_file(tmp_path, checkpoint):
+    out = tmp_path / "anonymizer.onnx"
+    out.write_bytes(b"old")
+    export_anonymizer(checkpoint, out, 0.5, overwrite=True)
+    assert out.stat().st_size > 10_000 and _leftovers(tmp_path) == ["anonymizer.onnx"]
