@@ -15,6 +15,9 @@ A video of any length and size goes through the model, which sees fixed clips of
 * **Output.** An H.264 ``.mp4`` (or MPEG-4 with ``codec="mpeg4"``) with the input's frame count
   and frame rate. Audio is not copied: voices are personal data too.
 
+A file written by ``stprivacy export`` can replace the model (:class:`OnnxAnonymizer`): the same
+windows and tiles go through onnxruntime, at the keep ratio fixed at export.
+
 The checkpoint is read with ``torch.load(weights_only=True)`` (or safetensors), so a checkpoint
 file from elsewhere cannot run code.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .data.transforms import frames_to_tensor, resize, tensor_to_frames
 from .data.video import VIDEO_EXTENSIONS, iter_frames, list_videos, probe_video, write_video
@@ -112,6 +116,63 @@ def _read_model_config(path: Path) -> STPrivacyConfig:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+class OnnxAnonymizer:
+    """An anonymizer exported by ``stprivacy export``, run by onnxruntime instead of PyTorch.
+
+    It stands in for :class:`STPrivacy` in :func:`anonymize_window` and the functions above it.
+    The keep ratio is fixed in the file (chosen at export), and the clip geometry is read from
+    its input, ``video: [batch, 3, T, S, S]``.
+
+    Args:
+        path: the ``.onnx`` file.
+        device: "cpu", or "cuda" to run on onnxruntime's CUDA provider where it is installed.
+
+    Raises:
+        UsageError: onnxruntime is not installed, or the file is not an exported anonymizer.
+        InputNotFoundError: no such file.
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise UsageError("running an ONNX anonymizer needs onnxruntime: pip install stpriv[onnx]") from exc
+        path = Path(path)
+        if not path.is_file():
+            raise InputNotFoundError(f"ONNX file not found: {path}")
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+            raise UsageError(f"{path} is not a readable ONNX file ({exc})") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = inputs[0].shape if len(inputs) == 1 and len(outputs) == 1 else []
+        if len(shape) != 5 or not all(isinstance(d, int) for d in shape[1:]) or shape[1] != 3 or shape[3] != shape[4]:
+            raise UsageError(f"{path} is not an anonymizer written by `stprivacy export`: expected one input "
+                             f"[batch, 3, T, S, S] and one output, got inputs {[(i.name, i.shape) for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.frames, self.image_size = shape[2], shape[3]
+
+    def anonymize(self, video: Tensor, keep_ratio: float | None = None) -> Tensor:
+        """``Tensor[B, 3, T, S, S]`` in [0, 1] -> the anonymized clips, same shape (on the CPU).
+
+        ``keep_ratio`` must be None: the ratio was fixed when the file was exported."""
+        if keep_ratio is not None:
+            raise UsageError("the keep ratio of an ONNX anonymizer is fixed at export: "
+                             "export it again with the ratio you want (stprivacy export --keep-ratio)")
+        (out,) = self.session.run(None, {self.input_name: video.detach().cpu().float().numpy()})
+        return torch.from_numpy(out)
+
+
+def clip_geometry(model: STPrivacy | OnnxAnonymizer) -> tuple[int, int]:
+    """(frames, image size) of the clips ``model`` takes."""
+    if isinstance(model, OnnxAnonymizer):
+        return model.frames, model.image_size
+    return model.cfg.frames, model.cfg.image_size
+
+
 def tile_layout(height: int, width: int) -> tuple[int, bool]:
     """(number of square tiles, whether they are stacked vertically) for an ``height x width`` frame."""
     if width >= height:
@@ -120,11 +181,11 @@ def tile_layout(height: int, width: int) -> tuple[int, bool]:
 
 
 @torch.no_grad()
-def anonymize_window(model: STPrivacy, frames: np.ndarray, stride: int = 1, keep_ratio: float | None = None) -> np.ndarray:
+def anonymize_window(model: STPrivacy | OnnxAnonymizer, frames: np.ndarray, stride: int = 1, keep_ratio: float | None = None) -> np.ndarray:
     """Anonymizes ``frames * stride`` consecutive frames (see the module docstring).
 
     Args:
-        model: an :class:`STPrivacy` (put in evaluation mode here).
+        model: an :class:`STPrivacy` (put in evaluation mode here), or an :class:`OnnxAnonymizer`.
         frames: ``uint8[cfg.frames * stride, H, W, 3]``.
         stride: interleaved clips per window.
         keep_ratio: deployment keep ratio (``cfg.alpha`` when None).
@@ -132,13 +193,12 @@ def anonymize_window(model: STPrivacy, frames: np.ndarray, stride: int = 1, keep
     Returns:
         ``uint8[cfg.frames * stride, H, W, 3]``.
     """
-    cfg = model.cfg
-    size, clip_len = cfg.image_size, cfg.frames
+    clip_len, size = clip_geometry(model)
     if frames.shape[0] != clip_len * stride:
         raise ValueError(f"frames must hold frames * stride = {clip_len * stride} frames, got {frames.shape[0]}")
     height, width = frames.shape[1:3]
     tiles, vertical = tile_layout(height, width)
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if isinstance(model, STPrivacy) else "cpu"
     video = frames_to_tensor(frames).to(device)  # [3, T*stride, H, W]
     grid = (size * tiles, size) if vertical else (size, size * tiles)
     video = resize(video, grid)
@@ -166,7 +226,7 @@ def _windows(frames: Iterable[np.ndarray], length: int) -> Iterator[tuple[np.nda
         yield np.stack(window), real
 
 
-def anonymize_video(model: STPrivacy, source: str | Path, target: str | Path, *, keep_ratio: float | None = None,
+def anonymize_video(model: STPrivacy | OnnxAnonymizer, source: str | Path, target: str | Path, *, keep_ratio: float | None = None,
                     stride: int = 1, codec: str = "libx264", progress: bool = True) -> int:
     """Anonymizes one video file into ``target``; returns the number of frames written.
 
@@ -182,7 +242,7 @@ def anonymize_video(model: STPrivacy, source: str | Path, target: str | Path, *,
         raise UsageError(f"stride must be >= 1, got {stride}")
     target = Path(target)
     info = probe_video(source)
-    length = model.cfg.frames * stride
+    length = clip_geometry(model)[0] * stride
     bar = progress_bar(total=info.num_frames, desc=Path(source).name, unit="frame", disable=not progress)
 
     def anonymized() -> Iterator[np.ndarray]:
@@ -241,7 +301,7 @@ def plan_jobs(source: str | Path, output: str | Path, overwrite: bool = False) -
     return jobs
 
 
-def anonymize_path(model: STPrivacy, source: str | Path, output: str | Path, *, keep_ratio: float | None = None,
+def anonymize_path(model: STPrivacy | OnnxAnonymizer, source: str | Path, output: str | Path, *, keep_ratio: float | None = None,
                    stride: int = 1, codec: str = "libx264", overwrite: bool = False,
                    progress: bool = True) -> list[tuple[Path, int]]:
     """Anonymizes a video file or every video of a folder; returns (output path, frames) pairs.

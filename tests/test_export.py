@@ -1,7 +1,7 @@
 """`stprivacy export`: the ONNX deployment pass matches ``STPrivacy.anonymize``, and bad input is refused.
 
-Nothing is trained: a randomly initialized tiny model is saved the way `stprivacy train` saves
-one. The parity tests need onnxruntime (``pip install stpriv[onnx]``) and skip without it.
+Also `stprivacy anonymize --onnx`, which runs the exported file. Nothing is trained: a randomly
+initialized tiny model is saved the way `stprivacy train` saves one. The parity tests need onnxruntime (``pip install stpriv[onnx]``) and skip without it.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from video_factory import write_test_video
 
-from stprivacy.anonymize import load_anonymizer
+from stprivacy.anonymize import OnnxAnonymizer, anonymize_window, load_anonymizer
 from stprivacy.cli import main as cli_main
 from stprivacy.data.transforms import frames_to_tensor
 from stprivacy.data.video import iter_frames
@@ -153,3 +153,33 @@ def test_overwrite_replaces_an_existing_file(tmp_path, checkpoint):
     out.write_bytes(b"old")
     export_anonymizer(checkpoint, out, 0.5, overwrite=True)
     assert out.stat().st_size > 10_000 and _leftovers(tmp_path) == ["anonymizer.onnx"]
+
+
+def test_anonymize_command_runs_the_exported_file(tmp_path, checkpoint, capsys):
+    """`stprivacy anonymize --onnx` gives the torch model's frames: same windows, tiles and pixels."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install stpriv[onnx])")
+    onnx_file = export_anonymizer(checkpoint, tmp_path / "anonymizer.onnx", 0.7)
+    source = write_test_video(tmp_path / "in" / "clip.avi", num_frames=21, height=30, width=64)
+    frames = np.stack(list(iter_frames(source)))[: CFG.frames * 2]
+    # Window by window (2 interleaved clips of 2 tiles each), before any encoding: equal to a level.
+    by_torch = anonymize_window(load_anonymizer(checkpoint), frames, stride=2, keep_ratio=0.7)
+    by_onnx = anonymize_window(OnnxAnonymizer(onnx_file), frames, stride=2)
+    assert np.abs(by_torch.astype(int) - by_onnx.astype(int)).max() <= 1
+    assert (by_onnx.max(-1) < 16).mean() > 0.3  # tubelets were dropped
+    # The whole command: the torch model's video and the exported file's decode to the same frames.
+    common = [str(source), "--no-progress", "--codec", "mpeg4", "--stride", "2"]
+    assert cli_main(["anonymize", *common, "-o", str(tmp_path / "torch.mp4"), "--checkpoint", str(checkpoint),
+                     "--keep-ratio", "0.7"]) == 0
+    assert cli_main(["anonymize", *common, "-o", str(tmp_path / "onnx.mp4"), "--onnx", str(onnx_file)]) == 0
+    decoded = [np.stack(list(iter_frames(tmp_path / name))).astype(int) for name in ("torch.mp4", "onnx.mp4")]
+    assert decoded[0].shape == decoded[1].shape == (21, 30, 64, 3)
+    assert np.abs(decoded[0] - decoded[1]).mean() < 0.5
+    capsys.readouterr()
+    # The ratio is the file's: asking for another, or naming a file that is no model, is one line.
+    assert cli_main(["anonymize", *common, "-o", str(tmp_path / "x.mp4"), "--onnx", str(onnx_file),
+                     "--keep-ratio", "0.5"]) == 2
+    assert cli_main(["anonymize", *common, "-o", str(tmp_path / "y.mp4"), "--onnx", str(checkpoint)]) == 2
+    assert cli_main(["anonymize", *common, "-o", str(tmp_path / "z.mp4"), "--onnx", str(tmp_path / "none.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("stprivacy anonymize: error: ") for line in err), err
+    assert not any((tmp_path / name).exists() for name in ("x.mp4", "y.mp4", "z.mp4"))

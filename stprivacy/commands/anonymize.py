@@ -1,8 +1,9 @@
-"""``stprivacy anonymize INPUT -o OUTPUT --checkpoint CKPT [--keep-ratio A]``: anonymize video files.
+"""``stprivacy anonymize INPUT -o OUTPUT (--checkpoint CKPT [--keep-ratio A] | --onnx FILE)``: anonymize videos.
 
 INPUT is a video file or a folder of them; OUTPUT a file (``.mp4``) or a folder. Every output
 has its input's frame count and frame rate. The command never writes over an input, and
-refuses existing outputs unless ``--overwrite``.
+refuses existing outputs unless ``--overwrite``. With ``--onnx`` the model is a file written by
+``stprivacy export``, run with onnxruntime (``pip install stpriv[onnx]``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 
 import torch
 
-from ..anonymize import anonymize_path, load_anonymizer, plan_jobs
+from ..anonymize import OnnxAnonymizer, anonymize_path, load_anonymizer, plan_jobs
 from ..errors import UsageError
 
 HELP = "anonymize a video file or a folder of videos with a trained STPrivacy model"
@@ -28,8 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="a video file, or a folder of video files (searched recursively)")
     parser.add_argument("-o", "--output", required=True,
                         help="output .mp4 file (or folder, for a folder input or to keep the input's name)")
-    parser.add_argument("--checkpoint", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint",
                         help="a checkpoint written by `stprivacy train`, or a state dict with --config")
+    source.add_argument("--onnx", default=None,
+                        help="an anonymizer written by `stprivacy export`, run with onnxruntime instead of "
+                        "PyTorch (its keep ratio is the one chosen at export)")
     parser.add_argument("--config", default=None, help="JSON file of STPrivacyConfig fields, for a bare state dict")
     parser.add_argument("--keep-ratio", type=float, default=None,
                         help="deployment keep ratio per block, in (0, 1] (default: the model's alpha)")
@@ -47,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
     if args.stride < 1:
         raise UsageError(f"--stride must be >= 1, got {args.stride}")
+    if args.onnx is not None and (args.keep_ratio is not None or args.config is not None):
+        raise UsageError("--keep-ratio and --config do not apply to --onnx: the keep ratio and the model "
+                         "are fixed in the exported file (stprivacy export --keep-ratio)")
     plan_jobs(args.input, args.output, args.overwrite)  # refuse before loading anything
-    model = load_anonymizer(args.checkpoint, args.config, device=args.device)
+    if args.onnx is not None:
+        model = OnnxAnonymizer(args.onnx, device=args.device)
+    else:
+        model = load_anonymizer(args.checkpoint, args.config, device=args.device)
     done = anonymize_path(model, args.input, args.output, keep_ratio=args.keep_ratio, stride=args.stride,
                           codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress)
     for path, frames in done:
