@@ -13,8 +13,9 @@ How it is traced:
   ``torch.ops.stpriv.*`` kernels have no ONNX form. In evaluation the reference path uses only
   standard ops (Conv, MatMul/Softmax attention, LayerNorm, TopK, GatherElements,
   ScatterElements with ``reduction="add"``), so nothing of the model is left out.
-* The TorchScript exporter (``torch.onnx.export(dynamo=False)``), opset 17: the torch.export-based
-  one needs the ``onnxscript`` package, which the ``onnx`` extra does not bring.
+* The TorchScript exporter (``torch.onnx.export(dynamo=False)``), opset 17, which needs the
+  ``onnx`` package (``pip install stpriv[onnx]``); the torch.export-based one needs ``onnxscript``
+  too, which the extra does not bring.
 * One op has no ONNX form as PyTorch writes it: the *stable* sort (``torch.sort(stable=True)``)
   with which the reference's top-k breaks ties towards the lower index. It is exported as ONNX
   ``TopK`` over the whole axis, whose specification breaks ties the same way (equal values: the
@@ -76,7 +77,7 @@ def export_anonymizer(checkpoint: str | Path | STPrivacy, output: str | Path, ke
 
     Raises:
         UsageError: keep ratio out of range, an output that is not ``.onnx``, exists (without
-            ``overwrite``), or whose folder is missing or unwritable.
+            ``overwrite``), or whose folder is missing or unwritable; the onnx package is missing.
         InputNotFoundError, CheckpointError, ConfigError: as :func:`load_anonymizer`.
     """
     if keep_ratio is not None and (isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float))
@@ -89,6 +90,7 @@ def export_anonymizer(checkpoint: str | Path | STPrivacy, output: str | Path, ke
     else:
         model = load_anonymizer(checkpoint, config, device="cpu")
     model.eval()
+    _require_onnx()
     ratio = model.cfg.alpha if keep_ratio is None else float(keep_ratio)
     cfg = model.cfg
     # Batch 2, not 1: a trace at batch 1 may fold the batch size into the graph's shapes.
@@ -110,6 +112,14 @@ def export_anonymizer(checkpoint: str | Path | STPrivacy, output: str | Path, ke
     finally:
         partial.unlink(missing_ok=True)
     return output
+
+
+def _require_onnx() -> None:
+    """The exporter writes the file through the ``onnx`` package: without it, say how to get it."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise UsageError("exporting to ONNX needs the onnx package: pip install stpriv[onnx]") from exc
 
 
 def _check_output(output: Path, overwrite: bool) -> None:

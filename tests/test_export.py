@@ -1,9 +1,12 @@
 """`stprivacy export`: the ONNX deployment pass matches ``STPrivacy.anonymize``, and bad input is refused.
 
 Also `stprivacy anonymize --onnx`, which runs the exported file. Nothing is trained: a randomly
-initialized tiny model is saved the way `stprivacy train` saves one. The parity tests need onnxruntime (``pip install stpriv[onnx]``) and skip without it.
+initialized tiny model is saved the way `stprivacy train` saves one. Exporting needs onnx, running
+the file onnxruntime (``pip install stpriv[onnx]``); the tests that need them skip without them.
 """
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -43,13 +46,21 @@ def clip(tmp_path_factory) -> torch.Tensor:
     return frames_to_tensor(np.stack(list(iter_frames(path))))[None]
 
 
+def _needs(module: str) -> None:
+    """Skips the test, saying why, where an optional package of ``stpriv[onnx]`` is missing."""
+    pytest.importorskip(module, reason=f"{module} is not installed (pip install stpriv[onnx])")
+
+
 def _session(path):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install stpriv[onnx])")
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _needs("onnxruntime")
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("keep_ratio", [0.7, 1.0])
 def test_exported_file_matches_anonymize_on_a_decoded_video(tmp_path, checkpoint, clip, keep_ratio, capsys):
+    _needs("onnx")
     out = tmp_path / "anonymizer.onnx"
     assert cli_main(["export", "--checkpoint", str(checkpoint), "--keep-ratio", str(keep_ratio), "-o", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
@@ -70,6 +81,7 @@ def test_exported_file_matches_anonymize_on_a_decoded_video(tmp_path, checkpoint
 @pytest.mark.parametrize("pab_filter", [False, True])
 def test_residual_and_filter_anonymization_blocks_export(tmp_path, clip, pab_filter):
     """The PAB variants with another output path: the residual head, and the tubelet filter."""
+    _needs("onnx")
     torch.manual_seed(2)
     model = STPrivacy(STPrivacyConfig.small(embed_dim=32, num_heads=2, pab_residual=True, pab_filter=pab_filter))
     # Both start as the identity on kept tubelets (zero head, zero gates): give them something to do.
@@ -85,6 +97,7 @@ def test_residual_and_filter_anonymization_blocks_export(tmp_path, clip, pab_fil
 
 def test_tied_keep_scores_keep_the_same_tubelets(tmp_path, clip):
     """The stable sort exported as ONNX TopK breaks ties as PyTorch does: towards the lower index."""
+    _needs("onnx")
     torch.manual_seed(3)
     model = STPrivacy(CFG)
     with torch.no_grad():  # every predictor outputs its bias alone: every keep score ties
@@ -104,8 +117,8 @@ def _leftovers(folder):
 
 
 @pytest.mark.parametrize("case", ["missing", "damaged", "keep_ratio_zero", "keep_ratio_above_one",
-                                  "no_folder", "folder_is_a_file", "not_onnx", "exists"])
-def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, checkpoint, capsys, case):
+                                  "no_folder", "folder_is_a_file", "not_onnx", "exists", "onnx_missing"])
+def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, checkpoint, capsys, monkeypatch, case):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     ckpt, ratio, out = str(checkpoint), "0.5", out_dir / "anonymizer.onnx"
@@ -128,6 +141,8 @@ def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, checkpoint, capsys, 
         out = out_dir / "anonymizer.pt"
     elif case == "exists":
         out.write_bytes(b"keep me")
+    elif case == "onnx_missing":
+        monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
     before = _leftovers(out_dir)
     assert cli_main(["export", "--checkpoint", ckpt, "--keep-ratio", ratio, "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -139,6 +154,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, checkpoint, capsys, 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path, checkpoint, monkeypatch):
     """The file is written under a temporary name and renamed: a failure at the rename leaves nothing."""
+    _needs("onnx")
     def refuse(src, dst):
         raise PermissionError(13, "Permission denied", str(dst))
 
@@ -149,6 +165,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, checkpoint, monkeypatch
 
 
 def test_overwrite_replaces_an_existing_file(tmp_path, checkpoint):
+    _needs("onnx")
     out = tmp_path / "anonymizer.onnx"
     out.write_bytes(b"old")
     export_anonymizer(checkpoint, out, 0.5, overwrite=True)
@@ -157,7 +174,8 @@ def test_overwrite_replaces_an_existing_file(tmp_path, checkpoint):
 
 def test_anonymize_command_runs_the_exported_file(tmp_path, checkpoint, capsys):
     """`stprivacy anonymize --onnx` gives the torch model's frames: same windows, tiles and pixels."""
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install stpriv[onnx])")
+    _needs("onnx")
+    _needs("onnxruntime")
     onnx_file = export_anonymizer(checkpoint, tmp_path / "anonymizer.onnx", 0.7)
     source = write_test_video(tmp_path / "in" / "clip.avi", num_frames=21, height=30, width=64)
     frames = np.stack(list(iter_frames(source)))[: CFG.frames * 2]
