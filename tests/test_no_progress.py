@@ -7,7 +7,8 @@ from stprivacy.cli import COMMANDS, build_parser, main
 
 # The arguments each command needs besides --no-progress.
 REQUIRED = {"demo": [], "train": ["--config", "run.json"], "evaluate": ["--checkpoint", "x.pt"],
-            "anonymize": ["in.mp4", "-o", "out.mp4", "--checkpoint", "x.pt"]}
+            "anonymize": ["in.mp4", "-o", "out.mp4", "--checkpoint", "x.pt"],
+            "export": ["--checkpoint", "x.pt", "-o", "a.onnx"]}
 
 
 @pytest.mark.parametrize("command", [module.__name__.rsplit(".", 1)[1] for module in COMMANDS])

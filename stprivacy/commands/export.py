@@ -25,6 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="deployment keep ratio per block, in (0, 1] (default: the model's alpha)")
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write (its folder must exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    # Every command takes it, so scripts can pass it to all; an export (seconds) shows no progress anyway.
+    parser.add_argument("--no-progress", action="store_true", help="accepted for every command; the export has no bar")
     return parser
 
 
