@@ -10,10 +10,11 @@ A video of any length and size goes through the model, which sees fixed clips of
   last frame, and the padding is dropped from the output.
 * **Space.** A frame is resized to ``S x n*S`` (``n = max(1, round(W / H))``, S = image size)
   and cut into ``n`` square tiles side by side (or stacked, for portrait video), which the model
-  anonymizes independently; the result is resized back to the input's size. Tiles never
+  anonymizes independently; the result is resized back to the input's size. Resizing runs on
+  uint8 frames and only model-sized clips are converted to float and back. Tiles never
   overlap, so a tubelet that the model dropped stays black (no blending with a neighbor).
-* **Output.** An H.264 ``.mp4`` (or MPEG-4 with ``codec="mpeg4"``) with the input's frame count
-  and frame rate. Audio is not copied: voices are personal data too.
+* **Output.** An H.264 ``.mp4`` (CRF 18, libx264 preset "veryfast"; or MPEG-4 with
+  ``codec="mpeg4"``) with the input's frame count and frame rate. Audio is not copied: voices are personal data too.
 
 A file written by ``stprivacy export`` can replace the model (:class:`OnnxAnonymizer`): the same
 windows and tiles go through onnxruntime, at the keep ratio fixed at export.
@@ -29,16 +30,21 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from .data.transforms import frames_to_tensor, resize, tensor_to_frames
+from .data.transforms import frames_to_tensor, tensor_to_frames
 from .data.video import VIDEO_EXTENSIONS, iter_frames, list_videos, probe_video, write_video
 from .errors import ConfigError, InputNotFoundError, UsageError
 from .model import STPrivacy, STPrivacyConfig
 from .progress import progress_bar
 from .train.checkpoint import CheckpointError, read_weights_only
+
+# libx264's preset for anonymized output: at CRF 18 "veryfast" encodes 768x576 several times
+# faster than the default "medium" (benchmarks/RESULTS.md), for a somewhat larger file.
+DEFAULT_PRESET = "veryfast"
 
 
 def load_anonymizer(checkpoint: str | Path, config: str | Path | STPrivacyConfig | None = None,
@@ -199,9 +205,11 @@ def anonymize_window(model: STPrivacy | OnnxAnonymizer, frames: np.ndarray, stri
     height, width = frames.shape[1:3]
     tiles, vertical = tile_layout(height, width)
     device = next(model.parameters()).device if isinstance(model, STPrivacy) else "cpu"
-    video = frames_to_tensor(frames).to(device)  # [3, T*stride, H, W]
     grid = (size * tiles, size) if vertical else (size, size * tiles)
-    video = resize(video, grid)
+    # Resampling runs on uint8 frames (OpenCV), and only the model-sized clip is ever float: a
+    # float copy of full-size frames costs more than the model itself on a CPU.
+    small = resize_frames_uint8(frames, grid)  # uint8[T*stride, *grid, 3]
+    video = frames_to_tensor(small).to(device)  # [3, T*stride, *grid]
     # [3, T*stride, ...] -> [stride, 3, T, ...]: clip s holds frames s, s + stride, ...
     clips = video.reshape(3, clip_len, stride, *grid).permute(2, 0, 1, 3, 4)
     axis = -2 if vertical else -1
@@ -209,7 +217,41 @@ def anonymize_window(model: STPrivacy | OnnxAnonymizer, frames: np.ndarray, stri
     out = model.anonymize(batch, keep_ratio)
     out = torch.cat(out.split(stride), dim=axis)  # back to [stride, 3, T, *grid]
     out = out.permute(1, 2, 0, 3, 4).reshape(3, clip_len * stride, *grid)
-    return tensor_to_frames(resize(out.clamp(0, 1), (height, width)))
+    return resize_frames_uint8(tensor_to_frames(out), (height, width))
+
+
+def resize_frames_uint8(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resizes every frame of ``uint8[N, H, W, 3]`` to ``uint8[N, h, w, 3]``; returns ``frames``
+    itself when the size already matches (so model-sized input is never resampled).
+
+    Shrinking uses pixel-area averaging (OpenCV's ``INTER_AREA``, which antialiases as the float
+    path's antialiased bilinear did); enlarging uses bilinear interpolation, which keeps the
+    inside of a dropped (black) tubelet exactly black.
+    """
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    height, width = size
+    src_height, src_width = frames.shape[1:3]
+    shrink = height * width < src_height * src_width
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    factor = _box_factor(src_height, src_width, height, width) if shrink else 1
+    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        if factor > 1:
+            # INTER_AREA has a fast path for whole-number factors (a plain box average), about
+            # twice as fast at 768x576 -> 112x112 as one fractional step; the rest is under 2x.
+            frame = cv2.resize(frame, (src_width // factor, src_height // factor), interpolation=cv2.INTER_AREA)
+        cv2.resize(frame, (width, height), dst=out[i], interpolation=interpolation)
+    return out
+
+
+def _box_factor(src_height: int, src_width: int, height: int, width: int) -> int:
+    """The largest whole number that divides both source sides and shrinks no side below its
+    target (1 if there is none)."""
+    for factor in range(min(src_height // height, src_width // width), 1, -1):
+        if src_height % factor == 0 and src_width % factor == 0:
+            return factor
+    return 1
 
 
 def _windows(frames: Iterable[np.ndarray], length: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -227,13 +269,15 @@ def _windows(frames: Iterable[np.ndarray], length: int) -> Iterator[tuple[np.nda
 
 
 def anonymize_video(model: STPrivacy | OnnxAnonymizer, source: str | Path, target: str | Path, *, keep_ratio: float | None = None,
-                    stride: int = 1, codec: str = "libx264", progress: bool = True) -> int:
+                    stride: int = 1, codec: str = "libx264", crf: int = 18, preset: str | None = DEFAULT_PRESET,
+                    progress: bool = True) -> int:
     """Anonymizes one video file into ``target``; returns the number of frames written.
 
     The output has the input's frame count, frame rate and size (rounded up to even sides, which
     H.264's 4:2:0 video needs). It is written to a temporary file beside ``target`` and renamed
     when complete, so a failure (a video that turns out truncated) leaves no partial output and
-    an existing ``target`` untouched.
+    an existing ``target`` untouched. ``codec``, ``crf`` and ``preset`` go to :func:`write_video`
+    (``crf`` and ``preset`` apply to libx264 only).
 
     Raises:
         VideoDecodeError: the input cannot be opened or decoded.
@@ -252,7 +296,7 @@ def anonymize_video(model: STPrivacy | OnnxAnonymizer, source: str | Path, targe
 
     partial = target.with_name(f".{target.stem}.partial{target.suffix}")  # same suffix: same container
     try:
-        frames = write_video(partial, anonymized(), fps=info.fps, codec=codec)
+        frames = write_video(partial, anonymized(), fps=info.fps, codec=codec, crf=crf, preset=preset)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -302,8 +346,8 @@ def plan_jobs(source: str | Path, output: str | Path, overwrite: bool = False) -
 
 
 def anonymize_path(model: STPrivacy | OnnxAnonymizer, source: str | Path, output: str | Path, *, keep_ratio: float | None = None,
-                   stride: int = 1, codec: str = "libx264", overwrite: bool = False,
-                   progress: bool = True) -> list[tuple[Path, int]]:
+                   stride: int = 1, codec: str = "libx264", crf: int = 18, preset: str | None = DEFAULT_PRESET,
+                   overwrite: bool = False, progress: bool = True) -> list[tuple[Path, int]]:
     """Anonymizes a video file or every video of a folder; returns (output path, frames) pairs.
 
     Every input is probed before anything is written, so an unreadable one stops the run with no
@@ -320,7 +364,7 @@ def anonymize_path(model: STPrivacy | OnnxAnonymizer, source: str | Path, output
         for job in jobs:
             job.target.parent.mkdir(parents=True, exist_ok=True)
             frames = anonymize_video(model, job.source, job.target, keep_ratio=keep_ratio, stride=stride,
-                                     codec=codec, progress=progress)
+                                     codec=codec, crf=crf, preset=preset, progress=progress)
             done.append((job.target, frames))
     except BaseException:
         for folder in created:

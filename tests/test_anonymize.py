@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from stprivacy.anonymize import anonymize_window, load_anonymizer, plan_jobs, tile_layout
+from stprivacy.anonymize import anonymize_window, load_anonymizer, plan_jobs, resize_frames_uint8, tile_layout
 from stprivacy.cli import main as cli_main
 from stprivacy.data.video import iter_frames, probe_video
 from stprivacy.model import STPrivacy, STPrivacyConfig
@@ -116,3 +117,35 @@ def test_checkpoint_formats(tmp_path):
     torch.save({"model": model.state_dict(), "config": {"model": CFG.to_dict()}, "extra": nn.Linear(1, 1)}, evil)
     with pytest.raises(UnsafeCheckpointError, match="refusing to load .*evil.pt.*GLOBAL torch.nn.modules.linear.Linear"):
         load_anonymizer(evil)  # a pickled object is refused, not executed
+
+
+class LeftHalfDropper(IdentityAnonymizer):
+    """Returns its input with the left half of every tile black, as a dropped tubelet column is."""
+
+    def anonymize(self, video, keep_ratio=None):
+        out = video.clone()
+        out[..., : video.shape[-1] // 2] = 0
+        return out
+
+
+def test_window_resampled_in_uint8_keeps_dropped_regions_black():
+    # A smooth 64 x 64 frame (twice the model size): down and up again it stays close to itself,
+    # and the half the model blacked out stays exactly 0 away from the seam.
+    yy, xx = np.mgrid[0:64, 0:64]
+    frame = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)
+    frames = np.repeat(frame[None], CFG.frames, axis=0)
+    out = anonymize_window(LeftHalfDropper(), frames)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    assert out[:, :, :30].max() == 0
+    assert np.abs(out[:, :, 34:].astype(int) - frames[:, :, 34:]).max() <= 3
+
+
+def test_two_step_shrink_matches_one_area_resize():
+    # 96 x 128 -> 20 x 20 goes through a whole-number box average (by 4) first; on a smooth image
+    # that agrees with OpenCV's one-step area resize to within a level or two.
+    yy, xx = np.mgrid[0:96, 0:128]
+    frame = np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8)
+    out = resize_frames_uint8(frame[None], (20, 20))
+    reference = cv2.resize(frame, (20, 20), interpolation=cv2.INTER_AREA)
+    assert out.shape == (1, 20, 20, 3)
+    assert np.abs(out[0].astype(int) - reference).max() <= 2

@@ -182,13 +182,16 @@ def write_video(
     fps: Fraction | float | int,
     codec: str = "libx264",
     crf: int = 18,
+    preset: str | None = None,
 ) -> int:
     """Writes ``uint8[H, W, 3]`` RGB frames to a playable file and returns how many were written.
 
     The default H.264 in ``.mp4`` (yuv420p, so even width and height are needed: frames with an
     odd side are padded by one black pixel row/column) plays in browsers and media players;
     ``codec="mpeg4"`` works wherever libx264 is missing. ``crf`` is H.264's quality (lower is
-    better, 18 is visually lossless); MPEG-4 gets a matching high bitrate instead.
+    better, 18 is visually lossless); MPEG-4 gets a matching high bitrate instead. ``preset`` is
+    libx264's speed/size trade-off ("ultrafast" ... "veryslow"; None keeps its default, "medium"):
+    at one CRF a faster preset gives about the same quality in a larger file.
     """
     fps = Fraction(fps).limit_denominator(1001 * 1000) if not isinstance(fps, Fraction) else fps
     if fps <= 0:
@@ -205,7 +208,7 @@ def write_video(
                 stream = container.add_stream(codec, rate=fps)
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                 if codec == "libx264":
-                    stream.options = {"crf": str(crf)}
+                    stream.options = {"crf": str(crf), **({"preset": preset} if preset else {})}
                 else:
                     stream.bit_rate = 8 * width * height * max(1, round(float(fps)))
             if frame.shape[:2] != (stream.height, stream.width):

@@ -1,0 +1,177 @@
+"""`stprivacy anonymize` on a CPU: frames per second of each stage of the pass and of the whole.
+
+The input is a 768x576 clip of moving shapes (64 frames, 25 fps: four 16-frame windows), written
+with the project's own video writer; the model is a ViT-S (``STPrivacyConfig.vit_s()``, random
+weights) at keep ratio 0.7. Stages, each on the whole clip:
+
+  decode       iter_frames (PyAV, to RGB uint8)
+  resize_down  uint8 frames -> model-sized uint8 (OpenCV); baseline row: the float path the
+               pass used before (uint8 -> float, antialiased bilinear in torch)
+  model        model.anonymize on each window's clip
+  resize_up    model-sized float output -> uint8 -> full size (OpenCV); baseline row: resize in
+               float at full size, then to uint8
+  encode       write_video with libx264 at CRF 18, preset medium (baseline: libx264's default),
+               veryfast (the pass's default) and ultrafast
+  whole        anonymize_video, file to file
+
+each at 1 and 2 threads (torch and OpenCV). Every row's ``extra_info["fps"]`` is frames per second
+of its median. ``pytest benchmarks/bench_anonymize.py --benchmark-only`` measures; smoke mode
+(``--benchmark-disable``) runs every case once on a 16-frame 128x96 clip.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from stprivacy.anonymize import anonymize_video, resize_frames_uint8, tile_layout
+from stprivacy.data.transforms import frames_to_tensor, resize, tensor_to_frames
+from stprivacy.data.video import iter_frames, write_video
+from stprivacy.model import STPrivacy, STPrivacyConfig
+
+CFG = STPrivacyConfig.vit_s()
+KEEP_RATIO = 0.7
+FULL = {"frames": 64, "height": 576, "width": 768}
+SMOKE = {"frames": 16, "height": 96, "width": 128}
+THREADS = [1, 2]
+ROUNDS = 3  # a whole pass of the full clip takes seconds on a CPU
+
+
+def moving_shapes(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """``uint8[frames, height, width, 3]``: a gradient background with a square and a disc moving
+    across it, so the encoder sees motion and edges as in real footage."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 96)], -1).astype(np.uint8)
+    side = max(4, height // 5)
+    colors = rng.integers(0, 256, (2, 3), dtype=np.uint8)
+    video = np.repeat(background[None], frames, axis=0)
+    for t in range(frames):
+        x = (t * width // max(frames, 1) + width // 8) % (width - side)
+        video[t, height // 4 : height // 4 + side, x : x + side] = colors[0]
+        cy, cx = height * 2 // 3, (width - x - side) % width
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (side // 2) ** 2
+        video[t][disc] = colors[1]
+    return video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, smoke):
+    """(path of the encoded clip, its decoded frames)."""
+    shape = SMOKE if smoke else FULL
+    path = tmp_path_factory.mktemp("anonymize") / "shapes.mp4"
+    write_video(path, moving_shapes(**shape), fps=25)
+    return path, np.stack(list(iter_frames(path)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return STPrivacy(CFG).eval()
+
+
+@pytest.fixture(params=THREADS, ids=lambda n: f"{n}thr")
+def threads(request):
+    """Sets torch's and OpenCV's thread counts for one case, and restores them after it."""
+    before_torch, before_cv = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(request.param)
+    cv2.setNumThreads(request.param)
+    yield request.param
+    torch.set_num_threads(before_torch)
+    cv2.setNumThreads(before_cv)
+
+
+def _grid(frames: np.ndarray) -> tuple[int, int]:
+    tiles, vertical = tile_layout(*frames.shape[1:3])
+    size = CFG.image_size
+    return (size * tiles, size) if vertical else (size, size * tiles)
+
+
+def _windows(frames: np.ndarray) -> list[np.ndarray]:
+    return [frames[i : i + CFG.frames] for i in range(0, len(frames) - CFG.frames + 1, CFG.frames)]
+
+
+def _record_fps(benchmark, frames: int) -> None:
+    if not benchmark.disabled and benchmark.stats.stats.median > 0:
+        benchmark.extra_info["fps"] = round(frames / benchmark.stats.stats.median, 1)
+        benchmark.extra_info["frames"] = frames
+
+
+def _run(benchmark, measure, fn, frames: int, baseline: bool = False):
+    result = measure(benchmark, fn, device=torch.device("cpu"), baseline=baseline, rounds=ROUNDS, warmup_rounds=1)
+    _record_fps(benchmark, frames)
+    return result
+
+
+def test_decode(benchmark, measure, clip, threads):
+    path, frames = clip
+    benchmark.group = f"decode {threads}thr"
+    decoded = _run(benchmark, measure, lambda: sum(1 for _ in iter_frames(path)), len(frames))
+    assert decoded == len(frames)
+
+
+@pytest.mark.parametrize("path_kind", ["uint8", "float"])
+def test_resize_down(benchmark, measure, clip, threads, path_kind):
+    _, frames = clip
+    grid = _grid(frames)
+    benchmark.group = f"resize_down {threads}thr"
+    if path_kind == "uint8":
+        fn = lambda: frames_to_tensor(resize_frames_uint8(frames, grid))  # noqa: E731
+    else:
+        fn = lambda: resize(frames_to_tensor(frames), grid)  # noqa: E731
+    out = _run(benchmark, measure, fn, len(frames), baseline=path_kind == "float")
+    assert tuple(out.shape) == (3, len(frames), *grid)
+
+
+def test_model(benchmark, measure, clip, model, threads):
+    _, frames = clip
+    grid = _grid(frames)
+    if grid != (CFG.image_size, CFG.image_size):
+        pytest.skip("the bench clip is landscape 4:3, one tile per window")
+    clips = [frames_to_tensor(resize_frames_uint8(w, grid))[None] for w in _windows(frames)]
+    benchmark.group = f"model {threads}thr"
+
+    @torch.inference_mode()
+    def fn():
+        return [model.anonymize(c, KEEP_RATIO) for c in clips]
+
+    out = _run(benchmark, measure, fn, len(clips) * CFG.frames)
+    assert out[0].shape == clips[0].shape
+
+
+@pytest.mark.parametrize("path_kind", ["uint8", "float"])
+def test_resize_up(benchmark, measure, clip, threads, path_kind):
+    _, frames = clip
+    height, width = frames.shape[1:3]
+    small = frames_to_tensor(resize_frames_uint8(frames, _grid(frames)))  # what the model returns
+    benchmark.group = f"resize_up {threads}thr"
+    if path_kind == "uint8":
+        fn = lambda: resize_frames_uint8(tensor_to_frames(small), (height, width))  # noqa: E731
+    else:
+        fn = lambda: tensor_to_frames(resize(small, (height, width)))  # noqa: E731
+    out = _run(benchmark, measure, fn, len(frames), baseline=path_kind == "float")
+    assert out.shape == frames.shape
+
+
+@pytest.mark.parametrize("preset", ["medium", "veryfast", "ultrafast"])
+def test_encode(benchmark, measure, clip, threads, preset, tmp_path):
+    _, frames = clip
+    benchmark.group = f"encode {threads}thr"
+    target = tmp_path / "out.mp4"
+    written = _run(benchmark, measure, lambda: write_video(target, frames, fps=25, crf=18, preset=preset),
+                   len(frames), baseline=preset == "medium")
+    benchmark.extra_info["bytes_per_frame"] = target.stat().st_size // len(frames)
+    assert written == len(frames)
+
+
+def test_whole_pass(benchmark, measure, clip, model, threads, tmp_path):
+    path, frames = clip
+    benchmark.group = f"whole {threads}thr"
+    target = tmp_path / "anon.mp4"
+    written = _run(benchmark, measure, lambda: anonymize_video(model, path, target, keep_ratio=KEEP_RATIO,
+                                                               progress=False), len(frames))
+    assert written == len(frames)
+    out = np.stack(list(iter_frames(target)))
+    assert out.shape == frames.shape
+
