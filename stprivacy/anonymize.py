@@ -42,8 +42,9 @@ from .model import STPrivacy, STPrivacyConfig
 from .progress import progress_bar
 from .train.checkpoint import CheckpointError, read_weights_only
 
-# libx264's preset for anonymized output: at CRF 18 "veryfast" encodes 768x576 several times
-# faster than the default "medium" (benchmarks/RESULTS.md), for a somewhat larger file.
+# libx264's preset for anonymized output: at CRF 18 "veryfast" encodes 768x576 about twice as
+# fast as libx264's default "medium", at the same PSNR and file size on the bench clip
+# (benchmarks/RESULTS.md); "ultrafast" is faster again but its files are about twice as large.
 DEFAULT_PRESET = "veryfast"
 
 
