@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,19 +292,78 @@ def anonymize_video(model: STPrivacy | OnnxAnonymizer, source: str | Path, targe
     length = clip_geometry(model)[0] * stride
     bar = progress_bar(total=info.num_frames, desc=Path(source).name, unit="frame", disable=not progress)
 
-    def anonymized() -> Iterator[np.ndarray]:
-        for window, real in _windows(iter_frames(source), length):
-            yield from anonymize_window(model, window, stride, keep_ratio)[:real]
-            bar.update(real)
+    # Three stages overlap: decoding (a thread), the model (a thread) and encoding (here); each
+    # spends its time in native code that releases the GIL (FFmpeg, PyTorch, OpenCV).
+    windows = _in_background(_windows(iter_frames(source), length))
 
+    def anonymized() -> Iterator[np.ndarray]:
+        try:
+            for window, real in windows:
+                yield anonymize_window(model, window, stride, keep_ratio)[:real]
+                bar.update(real)
+        finally:
+            windows.close()
+
+    outputs = _in_background(anonymized())
     partial = target.with_name(f".{target.stem}.partial{target.suffix}")  # same suffix: same container
     try:
-        frames = write_video(partial, anonymized(), fps=info.fps, codec=codec, crf=crf, preset=preset)
+        frames = write_video(partial, (frame for out in outputs for frame in out), fps=info.fps, codec=codec,
+                             crf=crf, preset=preset)
         os.replace(partial, target)
     finally:
+        outputs.close()  # stops both threads when encoding failed
         partial.unlink(missing_ok=True)
         bar.close()
     return frames
+
+
+_END = object()
+
+
+def _in_background(items: Iterator, depth: int = 2) -> Iterator:
+    """Yields what ``items`` yields, computed by a background thread up to ``depth`` items ahead.
+
+    An exception raised in the thread is raised here, in order; closing this generator (or
+    dropping it) stops the thread after the item it is working on and closes ``items``.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():  # a bounded wait, so a consumer that stopped is noticed
+            try:
+                buffer.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, _END))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="stprivacy-anonymize", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from fractions import Fraction
 
 import cv2
@@ -11,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from stprivacy.anonymize import anonymize_window, load_anonymizer, plan_jobs, resize_frames_uint8, tile_layout
+from stprivacy.anonymize import (_in_background, anonymize_video, anonymize_window, load_anonymizer, plan_jobs,
+                                 resize_frames_uint8, tile_layout)
 from stprivacy.cli import main as cli_main
 from stprivacy.data.video import iter_frames, probe_video
 from stprivacy.model import STPrivacy, STPrivacyConfig
@@ -149,3 +151,36 @@ def test_two_step_shrink_matches_one_area_resize():
     reference = cv2.resize(frame, (20, 20), interpolation=cv2.INTER_AREA)
     assert out.shape == (1, 20, 20, 3)
     assert np.abs(out[0].astype(int) - reference).max() <= 2
+
+
+class FailingAnonymizer(IdentityAnonymizer):
+    """Fails on its second window, as a model running out of memory part way would."""
+
+    def anonymize(self, video, keep_ratio=None):
+        if self.calls:
+            raise RuntimeError("model failed")
+        return super().anonymize(video, keep_ratio)
+
+
+def test_failure_in_the_model_thread_reaches_the_caller_and_leaves_no_output(tmp_path):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=3 * CFG.frames, height=32, width=32)
+    target = tmp_path / "out.mp4"
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="model failed"):
+        anonymize_video(FailingAnonymizer(), source, target, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]  # no output, no partial file
+    assert {t.name for t in threading.enumerate()} == before  # decoding and model threads stopped
+
+
+def test_background_stage_yields_in_order_and_stops_when_closed():
+    produced = []
+
+    def numbers():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    stage = _in_background(numbers(), depth=2)
+    assert [next(stage) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stage.close()
+    assert len(produced) <= 5 + 2 + 2  # read ahead by at most the buffer and the item in hand
