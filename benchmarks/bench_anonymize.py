@@ -13,7 +13,7 @@ weights) at keep ratio 0.7. Stages, each on the whole clip:
   encode       write_video with libx264 at CRF 18, preset medium (baseline: libx264's default),
                veryfast (the pass's default) and ultrafast; extra_info has bytes per frame and
                the PSNR of the decoded output against its input
-  whole        anonymize_video, file to file
+  whole        anonymize_video, file to file (decoding, model and encoding overlapped in threads)
 
 each at 1 and 2 threads (torch and OpenCV). Every row's ``extra_info["fps"]`` is frames per second
 of its median. ``pytest benchmarks/bench_anonymize.py --benchmark-only`` measures; smoke mode
@@ -120,9 +120,9 @@ def test_resize_down(benchmark, measure, clip, threads, path_kind):
     grid = _grid(frames)
     benchmark.group = f"resize_down {threads}thr"
     if path_kind == "uint8":
-        fn = lambda: frames_to_tensor(resize_frames_uint8(frames, grid))  # noqa: E731
+        fn = lambda: frames_to_tensor(resize_frames_uint8(frames, grid))
     else:
-        fn = lambda: resize(frames_to_tensor(frames), grid)  # noqa: E731
+        fn = lambda: resize(frames_to_tensor(frames), grid)
     out = _run(benchmark, measure, fn, len(frames), baseline=path_kind == "float")
     assert tuple(out.shape) == (3, len(frames), *grid)
 
@@ -150,9 +150,9 @@ def test_resize_up(benchmark, measure, clip, threads, path_kind):
     small = frames_to_tensor(resize_frames_uint8(frames, _grid(frames)))  # what the model returns
     benchmark.group = f"resize_up {threads}thr"
     if path_kind == "uint8":
-        fn = lambda: resize_frames_uint8(tensor_to_frames(small), (height, width))  # noqa: E731
+        fn = lambda: resize_frames_uint8(tensor_to_frames(small), (height, width))
     else:
-        fn = lambda: tensor_to_frames(resize(small, (height, width)))  # noqa: E731
+        fn = lambda: tensor_to_frames(resize(small, (height, width)))
     out = _run(benchmark, measure, fn, len(frames), baseline=path_kind == "float")
     assert out.shape == frames.shape
 

@@ -16,6 +16,9 @@ A video of any length and size goes through the model, which sees fixed clips of
 * **Output.** An H.264 ``.mp4`` (CRF 18, libx264 preset "veryfast"; or MPEG-4 with
   ``codec="mpeg4"``) with the input's frame count and frame rate. Audio is not copied: voices are personal data too.
 
+Decoding, the model and encoding run in three threads, so they overlap (each waits in native
+code that releases the GIL); an error in any of them stops the others and reaches the caller.
+
 A file written by ``stprivacy export`` can replace the model (:class:`OnnxAnonymizer`): the same
 windows and tiles go through onnxruntime, at the keep ratio fixed at export.
 
@@ -344,7 +347,7 @@ def _in_background(items: Iterator, depth: int = 2) -> Iterator:
                 if not put((True, item)):
                     return
             put((True, _END))
-        except BaseException as exc:  # handed to the consumer, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             put((False, exc))
         finally:
             close = getattr(items, "close", None)
