@@ -46,6 +46,11 @@ def test_command_on_a_file_keeps_length_rate_and_size(tmp_path, checkpoint, caps
     assert frames.shape == (21, 30, 64, 3)
     # A random anonymizer at keep ratio 0.5 drops tubelets: black regions appear.
     assert (frames.reshape(21, -1, 3).max(-1) < 16).mean() > 0.1
+    # The encoder's speed and quality are options; a coarser CRF gives a smaller file of the same video.
+    coarse = tmp_path / "coarse.mp4"
+    assert cli_main(["anonymize", str(source), "-o", str(coarse), "--checkpoint", str(checkpoint), "--keep-ratio",
+                     "0.5", "--crf", "40", "--preset", "ultrafast", "--no-progress"]) == 0
+    assert probe_video(coarse).num_frames == 21 and coarse.stat().st_size < out.stat().st_size
 
 
 def test_command_on_a_folder_with_stride(tmp_path, checkpoint):
@@ -73,6 +78,8 @@ def test_refusals(tmp_path, checkpoint, capsys):
     assert "exists" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
     assert cli_main(["anonymize", str(source), "-o", str(tmp_path / "x.mp4"), "--keep-ratio", "1.5", *args]) == 2
     assert cli_main(["anonymize", str(tmp_path / "nothing"), "-o", str(tmp_path / "y.mp4"), *args]) == 2
+    assert cli_main(["anonymize", str(source), "-o", str(tmp_path / "z.mp4"), "--crf", "60", *args]) == 2
+    assert "--crf must be in [0, 51], got 60" in capsys.readouterr().err
     # An existing output folder receives <stem>.mp4.
     assert plan_jobs(source, tmp_path)[0].target == tmp_path / "clip.mp4"
 

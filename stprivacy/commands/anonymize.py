@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from ..anonymize import OnnxAnonymizer, anonymize_path, load_anonymizer, plan_jobs
+from ..anonymize import DEFAULT_PRESET, OnnxAnonymizer, anonymize_path, load_anonymizer, plan_jobs
 from ..errors import UsageError
 
 HELP = "anonymize a video file or a folder of videos with a trained STPrivacy model"
@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=1,
                         help="interleave this many clips per window; use the training sampling rate (default 1)")
     parser.add_argument("--codec", choices=("libx264", "mpeg4"), default="libx264", help="output video codec")
+    parser.add_argument("--crf", type=int, default=18,
+                        help="libx264 quality, 0 (lossless) to 51; 18 (default) is visually lossless")
+    parser.add_argument("--preset", default=DEFAULT_PRESET,
+                        choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"),
+                        help=f"libx264 speed preset (default {DEFAULT_PRESET}: measured as fast as real time "
+                             "needs, at medium's quality; see benchmarks/RESULTS.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -52,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
     if args.stride < 1:
         raise UsageError(f"--stride must be >= 1, got {args.stride}")
+    if not 0 <= args.crf <= 51:
+        raise UsageError(f"--crf must be in [0, 51], got {args.crf}")
     if args.onnx is not None and (args.keep_ratio is not None or args.config is not None):
         raise UsageError("--keep-ratio and --config do not apply to --onnx: the keep ratio and the model "
                          "are fixed in the exported file (stprivacy export --keep-ratio)")
@@ -61,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load_anonymizer(args.checkpoint, args.config, device=args.device)
     done = anonymize_path(model, args.input, args.output, keep_ratio=args.keep_ratio, stride=args.stride,
-                          codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress)
+                          codec=args.codec, crf=args.crf, preset=args.preset, overwrite=args.overwrite,
+                          progress=not args.no_progress)
     for path, frames in done:
         print(f"wrote {path} ({frames} frames)")
     return 0
