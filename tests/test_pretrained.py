@@ -146,6 +146,23 @@ def test_training_config_initializes_the_anonymizer_from_a_local_checkpoint(tmp_
     torch.testing.assert_close(model.psbs[1].blocks[0].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
 
 
+def test_learned_methods_target_model_starts_from_the_runs_pretrained_vit(tmp_path):
+    """VITA's, SPAct's and Collective's action model starts where STPrivacy's recognizers do."""
+    from stprivacy.methods.learned import MethodContext
+    from stprivacy.train import TrainConfig
+
+    path = tmp_path / "vit.safetensors"
+    state = fake_vit_state_dict()
+    save_file(state, str(path))
+    cfg = small_config()
+    scratch = MethodContext([], 4, 5, cfg, TrainConfig(progress=False)).action_recognizer()
+    started = MethodContext([], 4, 5, cfg, TrainConfig(pretrained=str(path), progress=False)).action_recognizer()
+    weight = state["blocks.0.attn.qkv.weight"]
+    assert started.classifier.encoder.blocks[0].attn.qkv.weight.shape == weight.shape
+    torch.testing.assert_close(started.classifier.encoder.blocks[0].attn.qkv.weight, weight)
+    assert not torch.equal(scratch.classifier.encoder.blocks[0].attn.qkv.weight, weight)
+
+
 # --- "timm:NAME" ------------------------------------------------------------------------------
 
 HAVE_TIMM = importlib.util.find_spec("timm") is not None

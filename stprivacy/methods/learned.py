@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
 from ..model import STPrivacyConfig
+from ..model.pretrained import load_pretrained_vit
 from ..progress import progress_bar
 from ..train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..train.common import NormalizedRecognizer, make_recognizer
@@ -141,8 +142,13 @@ class MethodContext:
 
     def action_recognizer(self) -> NormalizedRecognizer:
         """A fresh action recognizer of the project (the ViT the attack protocol uses too), on the
-        device: the methods' target model, for parity with STPrivacy (their papers used C3D or R3D)."""
-        return make_recognizer(self.model_cfg, self.cfg, self.num_classes, multilabel=False).to(self.device)
+        device: the methods' target model, for parity with STPrivacy (their papers used C3D or R3D).
+        Where the run starts from an ImageNet ViT (``cfg.pretrained``, a file or ``"timm:NAME"``),
+        so does this recognizer, as STPrivacy's recognizers do in the same run."""
+        recognizer = make_recognizer(self.model_cfg, self.cfg, self.num_classes, multilabel=False)
+        if self.cfg.pretrained:
+            load_pretrained_vit(recognizer.classifier, self.cfg.pretrained)
+        return recognizer.to(self.device)
 
     def optimizer(self, modules: Iterable[nn.Module], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
         """Adam over the modules' trainable parameters (the competitors' papers all use Adam)."""
