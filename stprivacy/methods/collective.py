@@ -63,7 +63,6 @@ how it ran it on video):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -75,14 +74,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import STPrivacyConfig
-from ..model.config import dataclass_from_dict
 from ..model.layers import PIXEL_MEAN, PIXEL_STD
 from ..train.common import NormalizedRecognizer
-from .learned import LearnedMethod, MethodContext, register
+from .learned import LearnedMethod, MethodConfig, MethodContext, register
 
 
 @dataclass
-class CollectiveConfig:
+class CollectiveConfig(MethodConfig):
     """Collective's recipe; defaults sized for the demo's benchmark (768 clips of 8 x 32 x 32).
 
     Attributes:
@@ -136,12 +134,6 @@ class CollectiveConfig:
             raise ValueError(f"feature_layers must be empty (automatic) or two strictly increasing ints >= 0, "
                              f"got {layers!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CollectiveConfig:
-        return dataclass_from_dict(cls, data, "collective")
 
 
 class TransformNet(nn.Module):

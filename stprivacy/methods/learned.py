@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
 from ..model import STPrivacyConfig
+from ..model.config import dataclass_from_dict
 from ..model.pretrained import load_pretrained_vit
 from ..progress import progress_bar
 from ..train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -45,7 +46,7 @@ class LearnedMethod:
         name: the ``--method`` value, the run config's section name and the checkpoint's tag.
         title: the row's name in tables ("VITA").
         citation: where the recipe comes from, for the report.
-        config_class: a dataclass with ``from_dict(dict)`` and ``to_dict()``; its ``__post_init__``
+        config_class: a dataclass deriving from :class:`MethodConfig` (``from_dict``, ``to_dict``); its ``__post_init__``
             raises ValueError naming a bad field.
         build: ``config, model_cfg -> nn.Module`` (the anonymizer, on the CPU, untrained).
         train: ``anonymizer, config, MethodContext -> history`` (trains the anonymizer in place; the
@@ -58,6 +59,18 @@ class LearnedMethod:
     config_class: type
     build: Callable[[Any, STPrivacyConfig], nn.Module]
     train: Callable[[nn.Module, Any, "MethodContext"], dict[str, list[float]]]
+
+
+class MethodConfig:
+    """Base of a learned method's config dataclass: ``to_dict`` (plain JSON types) and
+    ``from_dict`` (unknown keys refused by name), so every method reads and writes configs alike."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return dataclass_from_dict(cls, data, cls.__name__)
 
 
 REGISTRY: dict[str, LearnedMethod] = {}
@@ -91,14 +104,7 @@ def get_method(name: str) -> LearnedMethod:
 
 def method_config(method: LearnedMethod, section: dict[str, Any] | None) -> Any:
     """The method's config from its run-config section (``{}`` or None: its defaults)."""
-    section = {} if section is None else section
-    if not isinstance(section, dict):
-        raise ValueError(f"the '{method.name}' section must be an object, got {type(section).__name__}")
-    fields = {f.name for f in dataclasses.fields(method.config_class)}
-    unknown = sorted(set(section) - fields)
-    if unknown:
-        raise ValueError(f"unknown {method.config_class.__name__} keys: {unknown}")
-    return method.config_class.from_dict(section)
+    return method.config_class.from_dict({} if section is None else section)
 
 
 @dataclass

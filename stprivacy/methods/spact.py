@@ -65,25 +65,22 @@ thread: identity 4.9 s, f_B pretraining 1.6 s, f_T pretraining 4.3 s, min-max 9.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import STPrivacyConfig
-from ..model.config import dataclass_from_dict
-from .learned import LearnedMethod, MethodContext, register
+from .learned import LearnedMethod, MethodConfig, MethodContext, register
 
 # RGB -> luma weights (ITU-R 601, what torchvision's rgb_to_grayscale uses).
 _LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass
-class SPActConfig:
+class SPActConfig(MethodConfig):
     """SPAct's sizes and schedule (defaults: the embedded benchmark; see the module's "Choices").
 
     Attributes:
@@ -150,12 +147,6 @@ class SPActConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise ValueError(f"SPActConfig.{name} must be {expected}, got {value!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SPActConfig:
-        return dataclass_from_dict(cls, data, "spact")
 
 
 # ----------------------------------------------------------------------------------------------

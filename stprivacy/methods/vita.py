@@ -84,7 +84,6 @@ glyph from 89.9 to 62.2 AP at no cost in top-1, and leave the nudity glyph reada
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,8 +94,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import STPrivacyConfig
-from ..model.config import dataclass_from_dict
-from .learned import LearnedMethod, MethodContext, register
+from .learned import LearnedMethod, MethodConfig, MethodContext, register
 
 # (convolutions, width multiplier) of the M budget models: different depths and widths, as the
 # authors' ensemble mixes ResNets and MobileNets. The first M are used.
@@ -104,7 +102,7 @@ BUDGET_ARCHS = ((2, 1), (3, 1), (4, 1), (3, 2), (2, 2), (4, 2), (5, 1), (5, 2))
 
 
 @dataclass
-class VITAConfig:
+class VITAConfig(MethodConfig):
     """VITA's sizes and recipe (module docstring, "Choices", for the defaults and the paper's).
 
     Attributes:
@@ -175,12 +173,6 @@ class VITAConfig:
             if not _is_number(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VITAConfig:
-        return dataclass_from_dict(cls, data, "vita config")
 
 
 def _is_number(value: Any) -> bool:
