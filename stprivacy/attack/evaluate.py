@@ -28,8 +28,9 @@ reproduces the raw baseline's numbers exactly.
 
 A row (``evaluation["rows"][name]``) keeps every attacker's result under ``"attackers"`` and
 sums them up as the verdict module does: privacy (``cmap``, ``f1``, ``ap``, all per video) from
-the attacker that recovers more (higher cMAP: ``privacy_from``), ``top1`` from the better video
-action recognizer (``top1_from``). :mod:`stprivacy.attack.report` writes the table and the plot.
+the attacker that recovers more on the validation split carved from the training videos (higher
+validation cMAP: ``privacy_from``), ``top1`` from the video action recognizer that does better
+there (``top1_from``); the reported numbers are those attackers' test numbers. :mod:`stprivacy.attack.report` writes the table and the plot.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ from ..train.protocol import dataset_sizes
 from .protocols import _frame_overrides, run_protocol
 from .report import write_evaluation
 from .seed_table import git_commit, machine
-from .verdict import ATTACKER_PROTOCOL, ATTACKERS
+from .verdict import ATTACKER_PROTOCOL, ATTACKERS, SELECTION_RULE
 
 
 @dataclass
@@ -195,16 +196,18 @@ def _video_level_privacy(attacker: str, result: dict[str, Any]) -> tuple[float, 
 
 
 def summarize_attackers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One row from each attacker's result: privacy from the one with the higher per-video cMAP,
-    top-1 from the better video action recognizer (None without a video attacker); ties go to
-    the attacker named first."""
+    """One row from each attacker's result, chosen on the validation split
+    (:data:`stprivacy.attack.verdict.SELECTION_RULE`): privacy from the attacker with the higher
+    per-video validation cMAP, top-1 from the video action recognizer with the higher validation
+    top-1 (None without a video attacker); ties go to the attacker named first. The row's numbers
+    are those attackers' test numbers."""
     order = list(results)
-    privacy_from = max(order, key=lambda a: (_video_level_privacy(a, results[a])[0], -order.index(a)))
+    privacy_from = max(order, key=lambda a: (_video_level_privacy(a, results[a]["validation"])[0], -order.index(a)))
     cmap, f1, ap = _video_level_privacy(privacy_from, results[privacy_from])
     video = [a for a in order if ATTACKER_PROTOCOL[a] == "video"]
-    top1_from = max(video, key=lambda a: (results[a]["top1"], -order.index(a))) if video else None
+    top1_from = (max(video, key=lambda a: (results[a]["validation"]["top1"], -order.index(a))) if video else None)
     return {"top1": results[top1_from]["top1"] if top1_from else None, "top1_from": top1_from,
-            "cmap": cmap, "f1": f1, "ap": ap, "privacy_from": privacy_from,
+            "cmap": cmap, "f1": f1, "ap": ap, "privacy_from": privacy_from, "selection": SELECTION_RULE,
             "kept": results[video[0]]["kept"] if video else None,
             "skipped": max(int(r.get("skipped", 0)) for r in results.values()), "attackers": results}
 

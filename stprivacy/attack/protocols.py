@@ -38,6 +38,7 @@ from ..model.pretrained import load_pretrained_vit
 from ..progress import progress_bar
 from ..train.common import clip_and_step, make_optimizer, make_recognizer, set_lr
 from ..train.config import TrainConfig, get_lr
+from ..train.evaluation import split_for_validation
 from . import metrics
 from .verdict import ATTACKERS, check_attackers, combine_attackers
 
@@ -102,13 +103,14 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
     t0 = time.perf_counter()
     attackers = check_attackers(attackers)
     device = torch.device(cfg.device)
+    fit_set, val_set = split_for_validation(train_set, cfg)
     pairs = {}
     for attacker in attackers:
         torch.manual_seed(cfg.seed + 1)  # every attacker's recognizers start alike
         pair = (make_recognizer(model_cfg, cfg, num_classes, multilabel=False, init=init).to(device).train(),
                 make_recognizer(model_cfg, cfg, num_attributes, multilabel=True, init=init).to(device).train())
         pairs[attacker] = (pair, tuple(make_optimizer([rec], cfg) for rec in pair))
-    loader = _loader(train_set, cfg, shuffle=True, seed_offset=3)
+    loader = _loader(fit_set, cfg, shuffle=True, seed_offset=3)
     total, warmup, min_lr = _schedule(cfg, len(loader))
     step = 0
     for epoch in range(cfg.eval_epochs):
@@ -128,33 +130,46 @@ def evaluate_streaming(transform: Anonymizer, train_set: Dataset, test_set: Data
                     clip_and_step(opt, cfg)
                 epoch_losses[attacker].append((loss_action.item(), loss_privacy.item()))
             step += 1
-    logits = {attacker: ([], []) for attacker in pairs}
-    actions, privacies, kept = [], [], []
-    with torch.no_grad():
-        for video, action, privacy in _batches(_loader(test_set, cfg, shuffle=False, seed_offset=0), device,
-                                               f"{name}: test", cfg.progress):
-            clips, keep, views = _anonymize(transform, video)
-            for attacker, ((action_rec, privacy_rec), _) in pairs.items():
-                mask = keep if attacker == "mask" else None
-                action_rec.eval()
-                privacy_rec.eval()
-                # Mean of the raw logits over each video's views (VideoMAE's 5 x 3 test).
-                logits[attacker][0].append(action_rec(clips, mask).float().view(-1, views, num_classes).mean(1).cpu())
-                logits[attacker][1].append(
-                    privacy_rec(clips, mask).float().view(-1, views, num_attributes).mean(1).cpu())
-            actions.append(action.cpu())
-            privacies.append(privacy.cpu())
-            kept.append(1.0 if keep is None else float(keep.float().mean()))
-    if not actions:
-        raise DatasetError(f"{name}: no test video could be decoded")
-    results = {attacker: metrics.summarize(torch.cat(a), torch.cat(actions), torch.cat(p), torch.cat(privacies))
-               for attacker, (a, p) in logits.items()}
+    recognizers = {attacker: pair for attacker, (pair, _) in pairs.items()}
+    results, kept = _score(transform, recognizers, test_set, cfg, f"{name}: test", num_classes, num_attributes)
+    validation, _ = _score(transform, recognizers, val_set, cfg, f"{name}: validation", num_classes, num_attributes)
+    for attacker in results:
+        results[attacker]["validation"] = validation[attacker]
     if cfg.eval_epochs:
         for attacker, losses in epoch_losses.items():
             results[attacker]["last_epoch_loss"] = _mean_losses(losses)
     result: dict[str, Any] = combine_attackers(results)
-    result.update(kept=sum(kept) / len(kept), skipped=_skipped(train_set, test_set), seconds=time.perf_counter() - t0)
+    result.update(kept=kept, skipped=_skipped(train_set, test_set), seconds=time.perf_counter() - t0)
     return result
+
+
+@torch.no_grad()
+def _score(transform: Anonymizer, recognizers: dict[str, tuple[nn.Module, nn.Module]], dataset: Dataset,
+           cfg: TrainConfig, desc: str, num_classes: int, num_attributes: int
+           ) -> tuple[dict[str, dict[str, Any]], float]:
+    """Each attacker's metrics on the anonymized ``dataset`` (``metrics.summarize``), and the mean
+    fraction of tubelets the anonymizer kept there."""
+    device = torch.device(cfg.device)
+    logits = {attacker: ([], []) for attacker in recognizers}
+    actions, privacies, kept = [], [], []
+    for video, action, privacy in _batches(_loader(dataset, cfg, shuffle=False, seed_offset=0), device, desc,
+                                           cfg.progress):
+        clips, keep, views = _anonymize(transform, video)
+        for attacker, (action_rec, privacy_rec) in recognizers.items():
+            mask = keep if attacker == "mask" else None
+            action_rec.eval()
+            privacy_rec.eval()
+            # Mean of the raw logits over each video's views (VideoMAE's 5 x 3 test).
+            logits[attacker][0].append(action_rec(clips, mask).float().view(-1, views, num_classes).mean(1).cpu())
+            logits[attacker][1].append(privacy_rec(clips, mask).float().view(-1, views, num_attributes).mean(1).cpu())
+        actions.append(action.cpu())
+        privacies.append(privacy.cpu())
+        kept.append(1.0 if keep is None else float(keep.float().mean()))
+    if not actions:
+        raise DatasetError(f"{desc}: no video could be decoded")
+    results = {attacker: metrics.summarize(torch.cat(a), torch.cat(actions), torch.cat(p), torch.cat(privacies))
+               for attacker, (a, p) in logits.items()}
+    return results, sum(kept) / len(kept)
 
 
 def _mean_losses(losses: list[tuple[float, float]]) -> dict[str, float] | None:
@@ -194,7 +209,8 @@ def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Da
         load_pretrained_vit(recognizer, init)
     recognizer = recognizer.to(device).train()
     optimizer = make_optimizer([recognizer], cfg)
-    loader = _loader(train_set, cfg, shuffle=True, seed_offset=5)
+    fit_set, val_set = split_for_validation(train_set, cfg)
+    loader = _loader(fit_set, cfg, shuffle=True, seed_offset=5)
     total, warmup, min_lr = _schedule(cfg, len(loader))
     step = 0
     for epoch in range(cfg.eval_epochs):
@@ -208,19 +224,31 @@ def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Da
             clip_and_step(optimizer, cfg)
             step += 1
     recognizer.eval()
+    result = _score_frames(transform, recognizer, test_set, cfg, f"{name}: frame test", num_attributes)
+    result["validation"] = _score_frames(transform, recognizer, val_set, cfg, f"{name}: frame validation",
+                                         num_attributes)
+    result.update(skipped=_skipped(train_set, test_set), seconds=time.perf_counter() - t0)
+    return result
+
+
+@torch.no_grad()
+def _score_frames(transform: Anonymizer, recognizer: nn.Module, dataset: Dataset, cfg: TrainConfig, desc: str,
+                  num_attributes: int) -> dict[str, Any]:
+    """A frame privacy recognizer's F1, cMAP and AP on the anonymized ``dataset``, per frame and
+    per video (frame logits averaged over the video)."""
+    device = torch.device(cfg.device)
     frame_logits, frame_labels, video_logits, video_labels = [], [], [], []
-    with torch.no_grad():
-        for video, _, privacy in _batches(_loader(test_set, cfg, shuffle=False, seed_offset=0), device,
-                                          f"{name}: frame test", cfg.progress):
-            clips, _, views = _anonymize(transform, video)
-            frames, labels = _frames(clips, privacy, views)
-            logits = recognizer(frames).float()
-            frame_logits.append(logits.cpu())
-            frame_labels.append(labels.cpu())
-            video_logits.append(logits.view(privacy.shape[0], -1, num_attributes).mean(1).cpu())
-            video_labels.append(privacy.cpu())
+    for video, _, privacy in _batches(_loader(dataset, cfg, shuffle=False, seed_offset=0), device, desc,
+                                      cfg.progress):
+        clips, _, views = _anonymize(transform, video)
+        frames, labels = _frames(clips, privacy, views)
+        logits = recognizer(frames).float()
+        frame_logits.append(logits.cpu())
+        frame_labels.append(labels.cpu())
+        video_logits.append(logits.view(privacy.shape[0], -1, num_attributes).mean(1).cpu())
+        video_labels.append(privacy.cpu())
     if not video_labels:
-        raise DatasetError(f"{name}: no test video could be decoded")
+        raise DatasetError(f"{desc}: no video could be decoded")
     frame_y, frame_s = torch.cat(frame_labels), torch.cat(frame_logits)
     video_y, video_s = torch.cat(video_labels), torch.cat(video_logits)
     frame_ap, video_ap = metrics.average_precision(frame_y, frame_s), metrics.average_precision(video_y, video_s)
@@ -229,7 +257,6 @@ def evaluate_frame_level(transform: Anonymizer, train_set: Dataset, test_set: Da
         "frame_ap": [float(a) for a in frame_ap],
         "video_f1": metrics.privacy_f1(video_y, video_s), "video_cmap": float(video_ap.mean()),
         "video_ap": [float(a) for a in video_ap],
-        "skipped": _skipped(train_set, test_set), "seconds": time.perf_counter() - t0,
     }
 
 

@@ -11,8 +11,12 @@ protocol). Two kinds exist:
   the paper's recognizers. Only methods that drop tubelets have one.
 
 A row reports, per method, the privacy numbers (cMAP, F1, per-attribute AP) of the attacker that
-recovers more privacy (the higher cMAP) and the top-1 of the action recognizer that does better
-(a user deploys the better one); ``privacy_from`` and ``top1_from`` name them.
+recovers more privacy and the top-1 of the action recognizer that does better (a user deploys the
+better one); ``privacy_from`` and ``top1_from`` name them. Which attacker that is, is decided on a
+**validation split** carved from the training videos (:func:`split_validation`), never on the test
+set: every attacker trains on the rest of the training videos, is scored on the validation videos
+and on the test videos, and the row reports the test numbers of the attackers that did better on
+validation. The same rule holds for every row of every table (:data:`SELECTION_RULE`).
 """
 from __future__ import annotations
 
@@ -20,11 +24,38 @@ from collections.abc import Iterable, Mapping
 from statistics import median
 from typing import Any
 
+import torch
+
 ATTACKERS = ("pixels", "mask")  # what a video attacker of a method that drops tubelets sees
 # attacker name -> the protocol it runs (stprivacy.attack.evaluate, stprivacy.attack.protocols)
 ATTACKER_PROTOCOL = {"video": "video", "frame": "frame", "video_imagenet": "video", "frame_imagenet": "frame"}
 TOP1_GAP_POINTS = 5.0  # STPrivacy's top-1 may trail raw by at most this many points
 COMPETITIVE_POINTS = 10.0  # a baseline within this many top-1 points of raw is "competitive"
+
+
+SELECTION_RULE = ("attackers chosen on a validation split of the training videos: privacy from the attacker with "
+                  "the higher validation cMAP, top-1 from the action recognizer with the higher validation top-1; "
+                  "the test numbers of those are reported")
+
+
+def split_validation(num_videos: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The training videos split into those the attackers train on and those that choose them.
+
+    A seeded random permutation (real datasets are often listed class by class), the same for a
+    given ``(num_videos, fraction, seed)`` on any machine, so that the anonymizer's training and
+    every attacker of every row leave out the same videos.
+
+    Returns:
+        ``(fit_indices, validation_indices)``, each sorted; ``round(fraction * num_videos)``
+        validation videos, at least 1, and at least 1 left to fit on.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction!r}")
+    if num_videos < 2:
+        raise ValueError(f"a validation split needs at least 2 training videos, got {num_videos}")
+    count = min(max(1, round(fraction * num_videos)), num_videos - 1)
+    order = torch.randperm(num_videos, generator=torch.Generator().manual_seed(7919 * seed + 104729)).tolist()
+    return sorted(order[count:]), sorted(order[:count])
 
 
 def _points(fraction: float) -> float:
@@ -41,10 +72,12 @@ def check_attackers(attackers) -> tuple[str, ...]:
 
 
 def combine_attackers(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """One row from the results of each attacker (``{"pixels": {...}, "mask": {...}}``).
+    """One row from the results of each attacker (``{"pixels": {...}, "mask": {...}}``), each
+    holding its test metrics and, under ``"validation"``, its metrics on the validation split.
 
-    Privacy (cmap, f1, ap) comes from the attacker with the higher cMAP, top-1 from the action
-    recognizer with the higher top-1; ties go to the first attacker in ``ATTACKERS`` order.
+    Privacy (cmap, f1, ap) comes from the attacker with the higher validation cMAP, top-1 from the
+    action recognizer with the higher validation top-1; ties go to the first attacker in
+    ``ATTACKERS`` order. The row's numbers are those attackers' test numbers.
     """
     if not results:
         raise ValueError("results must hold at least one attacker's result")
@@ -52,11 +85,17 @@ def combine_attackers(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     if unknown:
         raise ValueError(f"unknown attackers {unknown}; expected a subset of {ATTACKERS}")
     order = [a for a in ATTACKERS if a in results]
-    privacy_from = max(order, key=lambda a: (results[a]["cmap"], -order.index(a)))
-    top1_from = max(order, key=lambda a: (results[a]["top1"], -order.index(a)))
+    missing = [a for a in order if "validation" not in results[a]]
+    if missing:
+        raise ValueError(f"attackers {missing} have no validation metrics to be chosen by")
+    privacy_from = max(order, key=lambda a: (results[a]["validation"]["cmap"], -order.index(a)))
+    top1_from = max(order, key=lambda a: (results[a]["validation"]["top1"], -order.index(a)))
     row = dict(results[privacy_from])
     row["top1"] = results[top1_from]["top1"]
-    row.update(privacy_from=privacy_from, top1_from=top1_from,
+    # The row's validation numbers come from the same attackers as its test numbers, so that rows
+    # can be combined again by the same rule (stprivacy.attack.evaluate.summarize_attackers).
+    row["validation"] = {**results[privacy_from]["validation"], "top1": results[top1_from]["validation"]["top1"]}
+    row.update(privacy_from=privacy_from, top1_from=top1_from, selection=SELECTION_RULE,
                attackers={a: {k: v for k, v in results[a].items() if k != "attackers"} for a in order})
     return row
 

@@ -146,16 +146,18 @@ def _glyph(name: str, value: int, cell: int, g: torch.Generator) -> Tensor:
             mask = ((abs(y - cy) < 0.3) & (abs(x - cx) < 0.3)).float()
         return color[:, None, None] * mask
     if name == "nudity":  # a body whose exposed area is large (1) or covered by a dark garment (0)
-        body = ((abs(y - cy) < 0.42) & (abs(x - cx) < 0.25)).float()
-        if not value:
-            body = body * (1 - 0.75 * (abs(y - cy - 0.05) < 0.3).float())
+        body = ((abs(y - cy) < 0.42) & (abs(x - cx) < 0.3)).float()
+        if not value:  # only the head shows above a garment that is nearly black
+            body = body * (1 - 0.9 * (y > cy - 0.2).float())
         return color[:, None, None] * body
     if name == "relationship":  # two people side by side (1) or one person alone (0)
+        # Upright figures of equal total area: two narrow ones with a gap between them, or one wide.
+        tall = abs(y - cy) < 0.38
         if value:
-            mask = _disk(y, x, cy, cx - 0.2, 0.16) + _disk(y, x, cy, cx + 0.2, 0.16)
+            mask = tall & (abs(abs(x - cx) - 0.28) < 0.13)
         else:
-            mask = _disk(y, x, cy, cx, 0.22)
-        return color[:, None, None] * mask.clamp(max=1)
+            mask = tall & (abs(x - cx) < 0.26)
+        return color[:, None, None] * mask.float()
     raise ConfigError(f"unknown privacy attribute {name!r}; expected one of {PRIVACY_ATTRIBUTES}")
 
 
@@ -189,18 +191,23 @@ def render_actor(
 
 def render_marking(side: int, frames: int, velocity: tuple[int, int], offset: int, across: bool, period: int,
                    contrast: float) -> Tensor:
-    """A fine grating riding on the actor (its "face"): stripes across the actor (``across``,
-    varying along y) or along it (along x), ``period`` pixels, at ``offset`` in frame 0 and moving
-    with ``velocity`` like the actor's texture, so the actor region stays one rigidly moving
-    pattern: Tensor[frames, side, side], zero mean."""
+    """A fine grating riding on the actor (its "face"): square-wave stripes, ``period / 2`` pixels
+    bright then ``period / 2`` dark, across the actor (``across``, varying along y) or along it
+    (along x), at ``offset`` in frame 0 and moving with ``velocity`` like the actor's texture, so
+    the actor region stays one rigidly moving pattern: Tensor[frames, side, side], values
+    ``+-contrast / 2`` (zero mean; ``period`` is even).
+
+    Square stripes rather than a sampled cosine: at a period of 4 pixels a cosine sampled on the
+    pixel grid is zero on half the pixels for half the offsets, while the stripes mark every
+    pixel at every offset, twice the energy at the same peak contrast."""
     t = torch.arange(frames, dtype=torch.float32)[:, None, None]
     pix = torch.arange(side, dtype=torch.float32)
-    k = 2 * math.pi / period
     if across:
-        phase = k * (pix[None, :, None] - offset - velocity[0] * t) + 0 * pix[None, None, :]
+        position = pix[None, :, None] - offset - velocity[0] * t + 0 * pix[None, None, :]
     else:
-        phase = k * (pix[None, None, :] - offset - velocity[1] * t) + 0 * pix[None, :, None]
-    return 0.5 * contrast * torch.cos(phase)
+        position = pix[None, None, :] - offset - velocity[1] * t + 0 * pix[None, :, None]
+    bright = torch.remainder(position, period) < period / 2
+    return 0.5 * contrast * (2 * bright.float() - 1)
 
 
 def _actor(spec: SyntheticSpec, label: int, face: bool, warm: bool, g: torch.Generator) -> Tensor:
@@ -222,7 +229,7 @@ def _actor(spec: SyntheticSpec, label: int, face: bool, warm: bool, g: torch.Gen
     sign = 1.0 if warm else -1.0
     plaid = plaid * torch.tensor([1 + sign * strength, 1.0, 1 - sign * strength])[:, None, None, None]
     offset = torch.randint(side, (), generator=g).item()
-    marking_contrast = 0.2 + 0.06 * torch.rand((), generator=g).item()
+    marking_contrast = 0.3 + 0.1 * torch.rand((), generator=g).item()
     marking = render_marking(side, spec.frames, velocity, offset, face, spec.marking_period, marking_contrast)
     return plaid + marking
 

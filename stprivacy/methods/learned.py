@@ -33,6 +33,7 @@ from ..train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..train.common import NormalizedRecognizer, make_recognizer
 from ..train.config import TrainConfig
 from ..train.distributed import is_main, resolve_device
+from ..train.evaluation import split_for_validation
 
 # Imported by name in METHOD_MODULES so that registering is importing: each module calls register().
 METHOD_MODULES = ("vita", "spact", "collective")
@@ -170,7 +171,9 @@ def train_method(name: str, method_cfg: Any, model_cfg: STPrivacyConfig, cfg: Tr
     method = get_method(name)
     torch.manual_seed(cfg.seed)
     anonymizer = method.build(method_cfg, model_cfg)
-    ctx = MethodContext(train_set, num_classes, num_attributes, model_cfg, cfg, out_dir)
+    # The validation videos that choose the attackers stay unseen by the anonymizer too.
+    fit_set, _ = split_for_validation(train_set, cfg)
+    ctx = MethodContext(fit_set, num_classes, num_attributes, model_cfg, cfg, out_dir)
     anonymizer.to(ctx.device).train()
     history = method.train(anonymizer, method_cfg, ctx)
     anonymizer.cpu().eval()

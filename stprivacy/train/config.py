@@ -95,6 +95,11 @@ class TrainConfig:
             ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``); empty = the anonymizer's sizes.
         eval_keep_ratios: deployment keep ratios evaluated in the evaluation phase (paper §4.6);
             empty = only the model's ``alpha``.
+        validation_fraction: the share of the training videos that no attacker of the evaluation
+            protocol trains on: scored on them, they choose per row which attacker's test numbers
+            are reported (``stprivacy.attack.verdict.split_validation``), so no choice is made on
+            the test set. Anonymizers trained by ``stprivacy demo`` and ``stprivacy train`` leave
+            them out too.
         seed: seeds weights, batch order and Gumbel noise; a CPU run with the same seed (and the
             same world size x grad_accum_steps) repeats bit for bit.
         device: "cpu", "cuda", "cuda:1", ... (under torchrun each process takes cuda:LOCAL_RANK).
@@ -136,6 +141,7 @@ class TrainConfig:
     privacy_steps: int = 1
     recognizer: dict[str, Any] = field(default_factory=dict)
     eval_keep_ratios: list[float] = field(default_factory=list)
+    validation_fraction: float = 0.2
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 0
@@ -166,6 +172,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if isinstance(self.validation_fraction, bool) or not isinstance(self.validation_fraction, (int, float)) \
+                or not 0.0 < self.validation_fraction <= 0.5:
+            raise ValueError(f"validation_fraction must be in (0, 0.5], got {self.validation_fraction!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.initialization_trains not in INITIALIZATION_SCOPES:

@@ -3,7 +3,9 @@
 Freeze the anonymizer (any transform ``video -> (video, keep)``), transform the training and the
 test videos, train a FRESH action recognizer and a FRESH privacy recognizer from scratch on the
 transformed training videos, and report top-1, class-wise F1 and cMAP on the transformed test
-videos. Recognizers that start from scratch are the point: a privacy attacker who trains on
+videos. A validation split of the training videos (``TrainConfig.validation_fraction``) is left
+out of the recognizers' training; where a method faces several attackers, their validation
+numbers choose which test numbers a row reports (:mod:`stprivacy.attack.verdict`). Recognizers that start from scratch are the point: a privacy attacker who trains on
 anonymized data is stronger than one that was trained on raw data.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..attack import metrics
-from ..attack.verdict import check_attackers, combine_attackers
+from ..attack.verdict import check_attackers, combine_attackers, split_validation
 from ..model import STPrivacy, STPrivacyConfig
 from ..progress import progress_bar
 from .checkpoint import load_latest, rng_state, save_rotating, set_rng_state
@@ -240,6 +242,24 @@ def without_mask(data: TensorDataset) -> TensorDataset:
     return TensorDataset(videos, torch.ones(len(videos)), actions, privacy)
 
 
+def split_for_validation(dataset: Dataset, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
+    """``dataset`` (training videos, raw or transformed) as (the videos models train on, the
+    validation videos that choose the attackers): :func:`stprivacy.attack.verdict.split_validation`
+    with ``cfg``'s fraction and seed. A :class:`TensorDataset` is split into two TensorDatasets,
+    anything else into Subsets; both parts keep what the dataset declares (``collate_fn``,
+    ``num_classes``, ``num_attributes``, ``attributes``)."""
+    fit, val = split_validation(len(dataset), cfg.validation_fraction, cfg.seed)
+    if isinstance(dataset, TensorDataset):
+        parts = tuple(TensorDataset(*(t[idx] for t in dataset.tensors)) for idx in (fit, val))
+    else:
+        parts = (Subset(dataset, fit), Subset(dataset, val))
+    for part in parts:
+        for name in ("collate_fn", "num_classes", "num_attributes", "attributes"):
+            if hasattr(dataset, name):
+                setattr(part, name, getattr(dataset, name))
+    return parts
+
+
 def _has_mask(data: TensorDataset) -> bool:
     return data.tensors[1].dim() > 1
 
@@ -257,15 +277,16 @@ def attack_transformed(train_data: TensorDataset, test_data: TensorDataset, mode
     # Nothing dropped: the mask-aware attacker is the pixel-only one, run once.
     masked = _has_mask(train_data) or _has_mask(test_data)
     runs = list(dict.fromkeys(a if masked else "pixels" for a in attackers))
+    fit_data, val_data = split_for_validation(train_data, cfg)
     results = {}
     for attacker in runs:
-        train_view, test_view = ((train_data, test_data) if attacker == "mask"
-                                 else (without_mask(train_data), without_mask(test_data)))
+        view = (lambda data: data) if attacker == "mask" else without_mask
         torch.manual_seed(cfg.seed + 1)  # every attacker's recognizers start alike
         action_rec, privacy_rec, history = fit_recognizers(
-            train_view, model_cfg, cfg, num_classes, num_attributes, desc=f"{name} [{attacker}]", logger=logger,
+            view(fit_data), model_cfg, cfg, num_classes, num_attributes, desc=f"{name} [{attacker}]", logger=logger,
             state_dir=None if state_dir is None else state_dir / attacker, resume=resume, init=init)
-        results[attacker] = test_recognizers(action_rec, privacy_rec, test_view, cfg)
+        results[attacker] = test_recognizers(action_rec, privacy_rec, view(test_data), cfg)
+        results[attacker]["validation"] = test_recognizers(action_rec, privacy_rec, view(val_data), cfg)
         if history["loss_action"]:  # the last epoch's mean losses: did the attacker learn at all?
             results[attacker]["last_epoch_loss"] = {"action": history["loss_action"][-1],
                                                     "privacy": history["loss_privacy"][-1]}

@@ -17,7 +17,7 @@ from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, 
 from .common import make_recognizer
 from .config import TrainConfig
 from .distributed import is_main, world_size
-from .evaluation import baseline_transform, evaluate_anonymizer, stprivacy_transform
+from .evaluation import baseline_transform, evaluate_anonymizer, split_for_validation, stprivacy_transform
 from .loop import Progress
 from .run_log import RunLogger, truncate_csv
 
@@ -73,6 +73,9 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
         The trained anonymizer (eval mode) and ``{"initialization": history, "adversarial": history}``.
     """
     check_filter_prior(model_cfg, cfg)  # before phase 1, not after it
+    # The validation videos that choose the attackers (stprivacy.attack.verdict) stay unseen by
+    # the anonymizer too, so they score its output as the test videos do.
+    train_set, _ = split_for_validation(train_set, cfg)
     torch.manual_seed(cfg.seed)
     model = STPrivacy(model_cfg)
     action_rec = make_recognizer(model_cfg, cfg, num_classes, multilabel=False)
