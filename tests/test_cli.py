@@ -28,27 +28,35 @@ def test_every_command_is_registered():
 def test_tiny_demo_writes_report_and_pictures(tmp_path, capsys):
     assert main(["demo", "--tiny", "--out", str(tmp_path), "--no-progress", "--seed", "1"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    expected_rows = {"raw", "downsample_2x", "downsample_4x", "blur_weak", "blur_strong", "STPrivacy (alpha=0.7)",
-                     "sparsification only (no PAB)", "anonymization only (alpha=1)", "oracle: actor tubelets only"}
+    paper, recipe = "STPrivacy (paper)", "STPrivacy + stpriv recipe"
+    expected_rows = {"raw", "downsample_2x", "downsample_4x", "blur_weak", "blur_strong", "person_blacken",
+                     "person_blur_strong", "person_blur_weak", "grey", "grey_blur", "oracle_grey_blur",
+                     "oracle: actor tubelets only", paper, recipe}
     assert set(report["results"]) == expected_rows
     for row in report["results"].values():
-        assert {"top1", "f1", "cmap", "kept", "ap", "privacy_from", "top1_from"} <= set(row)
+        assert {"top1", "f1", "cmap", "kept", "ap", "privacy_from", "top1_from", "validation"} <= set(row)
         assert 0 <= row["top1"] <= 1 and 0 <= row["cmap"] <= 1 and len(row["ap"]) == 5
     # Baselines face the pixel-only attacker; the methods that drop tubelets the mask-aware one too.
     assert set(report["results"]["raw"]["attackers"]) == {"pixels"}
-    assert set(report["results"]["STPrivacy (alpha=0.7)"]["attackers"]) == {"pixels", "mask"}
-    assert set(report["results"]["oracle: actor tubelets only"]["attackers"]) == {"pixels", "mask"}
-    assert set(report["results"]["anonymization only (alpha=1)"]["attackers"]) == {"pixels"}  # it drops nothing
-    assert report["results"]["STPrivacy (alpha=0.7)"]["kept"] < 1.0
-    assert report["results"]["anonymization only (alpha=1)"]["kept"] == 1.0
+    for name in (paper, recipe, "oracle: actor tubelets only"):
+        assert set(report["results"][name]["attackers"]) == {"pixels", "mask"}
+        assert report["results"][name]["kept"] < 1.0
+    # Each row names its options: the paper row none of ours, the recipe row each of them.
+    assert "pab_filter" in report["results"][recipe]["note"] and "pab_filter" not in report["results"][paper]["note"]
+    paper_cfg, recipe_cfg = report["config"][paper], report["config"][recipe]
+    assert paper_cfg["model"]["keep_gradient"] == "straight_through" and paper_cfg["model"]["train_sampler"] == "gumbel"
+    assert not paper_cfg["model"]["pab_filter"] and paper_cfg["train"]["privacy_adversary"] == "negative_bce"
+    assert recipe_cfg["model"]["pab_filter"] and recipe_cfg["train"]["privacy_steps"] == 4
     assert set(report["tradeoff"]) == {"0.5", "0.7"}
-    assert {"met", "top1_within_5_points", "cmap_below_competitive_baselines", "privacy_from"} <= set(report["target"])
+    assert set(report["targets"]) == {paper, recipe}
+    assert report["learned"] == [] and report["ablations"] == []
     assert report["commit"] and report["machine"]["torch_threads"] >= 1
     assert report["settings"]["tiny"] and report["settings"]["seed"] == 1
     _assert_png_with_content(tmp_path / "examples.png")
     _assert_png_with_content(tmp_path / "tradeoff.png")
     out = capsys.readouterr().out
-    assert "Top-1" in out and "cMAP" in out and "STPrivacy (alpha=0.7)" in out
+    assert "Top-1" in out and "cMAP" in out and paper in out and recipe in out
+    assert "stprivacy demo --table1" in out  # where the learned competitors are
 
 
 def test_demo_over_seeds_writes_the_seed_table_and_resumes(tmp_path, capsys):
@@ -58,12 +66,27 @@ def test_demo_over_seeds_writes_the_seed_table_and_resumes(tmp_path, capsys):
     table = json.loads((tmp_path / "seed_table.json").read_text())
     assert [r["seed"] for r in table["runs"]] == [0, 1] and table["threads"] == [1]
     assert table["command"].endswith("--set demo.eval_epochs=1 --set train.adversarial_trains=all")
-    assert "Verdict" in (tmp_path / "seed_table.md").read_text()
+    markdown = (tmp_path / "seed_table.md").read_text()
+    assert "STPrivacy (paper): the target" in markdown and "STPrivacy + stpriv recipe: the target" in markdown
+    assert "not checked" in markdown  # the paper's finding needs --table1
     report = json.loads((tmp_path / "seed_1" / "report.json").read_text())
-    assert report["config"]["train"]["adversarial_trains"] == "all"
+    assert report["config"]["STPrivacy + stpriv recipe"]["train"]["adversarial_trains"] == "all"
+    assert report["config"]["STPrivacy (paper)"]["train"]["adversarial_trains"] == "pab"  # --set train: the recipe's
     capsys.readouterr()
     assert main(args) == 0  # both seeds finished: only the table is rebuilt
     assert capsys.readouterr().out.count("is already there, not rerun") == 2
+    assert main(args + ["--ablations"]) == 0  # other rows asked for: the seeds run again
+    assert "is already there" not in capsys.readouterr().out
+
+
+def test_demo_table1_trains_and_attacks_the_learned_methods(tmp_path, capsys):
+    assert main(["demo", "--tiny", "--table1", "--out", str(tmp_path), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["learned"] == ["VITA", "SPAct", "Collective"]
+    for name in report["learned"]:
+        row = report["results"][name]
+        assert row["kept"] == 1.0 and set(row["attackers"]) == {"pixels"} and row["note"]
+    assert "stprivacy demo --table1" not in capsys.readouterr().out
 
 
 def _write_config(path, **train):

@@ -35,6 +35,25 @@ def test_synthetic_config_is_the_demo_recipe():
     assert train.recognizer == FULL.recognizer
 
 
+def test_synthetic_paper_config_is_the_demo_paper_row():
+    """`stprivacy train --config configs/synthetic_paper.json` trains the demo's "STPrivacy (paper)" row."""
+    from stprivacy.commands.demo import FULL
+    from stprivacy.model import STPrivacyConfig
+    from stprivacy.train import TrainConfig
+
+    model, train = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic_paper.json")
+    assert model == STPrivacyConfig.small(alpha=FULL.alpha, **FULL.paper_model)
+    for name in ("batch_size", "base_lr", "warmup_epochs", "init_epochs", "adv_epochs", "eval_epochs"):
+        assert getattr(train, name) == getattr(FULL, name), name
+    assert train.recognizer == FULL.recognizer
+    # Nothing of the recipe: every other training field is the paper's default.
+    defaults = TrainConfig()
+    for name in ("initialization_trains", "adversarial_trains", "privacy_adversary", "privacy_steps", "lambda_filter",
+                 "lambda_action", "lambda_privacy", "sparsity_hold_epochs", "sparsity_ramp_epochs"):
+        assert getattr(train, name) == getattr(defaults, name), name
+    assert FULL.paper_train == {}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_learned_method_sections_parse(path):
     """A config's section for a learned method (``stprivacy train --method NAME``) is that method's config."""

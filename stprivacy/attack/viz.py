@@ -60,7 +60,8 @@ def plot_examples(raw: Tensor, sparsified: Tensor, anonymized: Tensor, path: str
 
 
 def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, Mapping[str, float]],
-                  path: str | Path, *, title: str = "action vs privacy", highlight: Sequence[str] = ()) -> Path:
+                  path: str | Path, *, title: str = "action vs privacy", highlight: Sequence[str] = (),
+                  curve_label: str = "STPrivacy (alpha)") -> Path:
     """Action top-1 (x) against privacy cMAP (y) for STPrivacy over deployment keep ratios (a
     line, each point labeled with its alpha) and for the baselines and ablations (points).
     Lower-right is better: the action kept, the privacy removed.
@@ -71,12 +72,13 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
         path: PNG file to write.
         highlight: names among ``baselines`` to mark out (a user's method placed among them):
             a larger black-edged star, labeled beside the point.
+        curve_label: the legend's name of the curve.
     """
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     if curve:
         pts = sorted(curve, key=lambda p: p["alpha"])
         ax.plot([100 * p["top1"] for p in pts], [100 * p["cmap"] for p in pts], "o-", color="tab:red",
-                label="STPrivacy (alpha)")
+                label=curve_label)
         for p in pts:
             ax.annotate(f"{p['alpha']:g}", (100 * p["top1"], 100 * p["cmap"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color="tab:red")
