@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from stprivacy.attack.verdict import split_validation
 from stprivacy.cli import main as cli_main
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.train import TrainConfig, build_dataset, train_anonymizer
@@ -119,12 +120,14 @@ def _dataset(model_cfg, cfg):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     model_cfg = STPrivacyConfig.small(**{k: v for k, v in TINY_MODEL.items() if k != "preset"})
-    cfg = TrainConfig.from_dict({**TINY_TRAIN, "dataset_kwargs": {"train_videos": 32, "test_videos": 8},
+    cfg = TrainConfig.from_dict({**TINY_TRAIN, "dataset_kwargs": {"train_videos": 40, "test_videos": 8},
                                  "init_epochs": 1, "checkpoint_every": 1, "log": "none"})
     base = _dataset(model_cfg, cfg)
-    # poison a video of the 3rd of 4 batches: steps 1 and 2 succeed and are checkpointed
-    batches = ResumableBatches(len(base), cfg.batch_size, 1, seed=cfg.seed * 7919 + 1).epoch(0)
-    data = _PoisonedVideos(base, batches[2][0])
+    # The anonymizer trains on the 32 videos outside the validation split, in batches of positions
+    # in that part: poison a video of the 3rd of 4 batches, so steps 1 and 2 succeed and are checkpointed.
+    fit, _ = split_validation(len(base), cfg.validation_fraction, cfg.seed)
+    batches = ResumableBatches(len(fit), cfg.batch_size, 1, seed=cfg.seed * 7919 + 1).epoch(0)
+    data = _PoisonedVideos(base, fit[batches[2][0]])
     with pytest.raises(NonFiniteLossError, match=r"initialization phase at step 3 \(epoch 1, batch 3\)"):
         train_anonymizer(model_cfg, cfg, data, out_dir=tmp_path, num_classes=base.num_classes,
                          num_attributes=base.num_attributes)

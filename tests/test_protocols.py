@@ -29,8 +29,10 @@ def hmdb(tmp_path_factory):
     root = tmp_path_factory.mktemp("hmdb")
     splits = root / "splits"
     splits.mkdir()
-    for action, stems in real_names("hmdb51", num_classes=2, per_class=4).items():
-        (splits / f"{action}_test_split1.txt").write_text("".join(f"{s}.avi {t}\n" for s, t in zip(stems, "1112")))
+    # 8 training videos: the validation split that chooses the attackers (20%) holds 2 of them, so
+    # it still has a decodable video wherever the truncated one falls (in the fit part here).
+    for action, stems in real_names("hmdb51", num_classes=2, per_class=5).items():
+        (splits / f"{action}_test_split1.txt").write_text("".join(f"{s}.avi {t}\n" for s, t in zip(stems, "11112")))
         for stem in stems:
             write_test_video(root / "videos" / action / f"{stem}.avi", num_frames=24)
     truncate(next((root / "videos").rglob("*.avi")))

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from stprivacy.attack.verdict import split_validation
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.model.layers import PIXEL_MEAN, PIXEL_STD, keep_to_pixels
 from stprivacy.model.psb import keep_score, tokens_to_keep
@@ -128,7 +129,9 @@ def test_training_with_the_warmup_holds_random_subsets_then_lets_the_predictors_
     monkeypatch.setattr(protocol, "STPrivacy", Spy)
     _, history = train_anonymizer(model_cfg, cfg, data, num_classes=data.num_classes,
                                   num_attributes=data.num_attributes)
-    steps_per_epoch = len(data) // cfg.batch_size
+    # The anonymizer trains on the videos outside the validation split (16 of TINY_TRAIN's 20).
+    steps_per_epoch = len(split_validation(len(data), cfg.validation_fraction, cfg.seed)[0]) // cfg.batch_size
+    assert steps_per_epoch == 2
     init = scales[: 2 * steps_per_epoch]
     assert init[:steps_per_epoch] == [0.0] * steps_per_epoch  # the hold: random subsets
     assert init[-1] == 1.0 and all(b >= a for a, b in zip(init, init[1:]))  # the ramp, then the predictors

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from stprivacy.attack.verdict import split_validation
 from stprivacy.data.video_dataset import collate_videos
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.train import (TrainConfig, build_dataset, load_checkpoint, load_latest, train_anonymizer,
@@ -49,7 +50,7 @@ def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
     for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, b.state_dict()[name]), name
     assert log_a[("initialization", "loss_action")] != log_c[("initialization", "loss_action")]
-    assert len(log_a[("adversarial", "loss_privacy")]) == 2  # 16 videos / batch 8, log_every 1
+    assert len(log_a[("adversarial", "loss_privacy")]) == 2  # 16 videos outside validation / batch 8, log_every 1
 
 
 def test_gradient_accumulation_equals_the_full_batch(tmp_path):
@@ -100,8 +101,8 @@ def test_gradient_clipping_bounds_the_global_norm():
 
 
 def test_csv_log_every_and_tensorboard(tmp_path):
-    _, _, log = _run(tmp_path, "csv", log_every=2, adv_epochs=0,
-                     dataset_kwargs={"train_videos": 32, "test_videos": 8})
+    _, _, log = _run(tmp_path, "csv", log_every=2, adv_epochs=0,  # 32 videos outside validation: 4 steps
+                     dataset_kwargs={"train_videos": 40, "test_videos": 8})
     assert [s for s, _ in log[("initialization", "loss_spars")]] == [2, 4]
     _run(tmp_path, "tb", log="tensorboard", adv_epochs=0)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -135,9 +136,12 @@ class _UnreadableVideos(Dataset):
 
 
 def test_a_batch_without_readable_videos_is_skipped_and_resume_stays_exact(tmp_path):
-    cfg = _cfg(dataset_kwargs={"train_videos": 32, "test_videos": 8}, adv_epochs=0, checkpoint_every=1, log="none")
+    cfg = _cfg(dataset_kwargs={"train_videos": 40, "test_videos": 8}, adv_epochs=0, checkpoint_every=1, log="none")
     base = _data(cfg)
-    order = ResumableBatches(len(base), cfg.batch_size, 1, seed=cfg.seed * 7919 + 1).epoch(0)
+    # The anonymizer trains on the 32 videos outside the validation split; batches hold positions in them.
+    fit, _ = split_validation(len(base), cfg.validation_fraction, cfg.seed)
+    order = [[fit[i] for i in batch]
+             for batch in ResumableBatches(len(fit), cfg.batch_size, 1, seed=cfg.seed * 7919 + 1).epoch(0)]
     data = _UnreadableVideos(base, set(order[1]) | {order[2][0]})  # batch 2 empty, batch 3 one short
     sizes = {"num_classes": base.num_classes, "num_attributes": base.num_attributes}
     full, history = train_anonymizer(MODEL, cfg, data, out_dir=tmp_path / "full", **sizes)

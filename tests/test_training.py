@@ -29,7 +29,7 @@ GEOMETRY = {"frames": TINY_MODEL.frames, "image_size": TINY_MODEL.image_size, "t
 
 def _tiny_cfg(**overrides):
     base = dict(batch_size=8, base_lr=0.5, init_epochs=1, adv_epochs=1, eval_epochs=1, progress=False,
-                recognizer=dict(embed_dim=24, num_heads=2, depth=1), dataset_kwargs=dict(train_videos=16, test_videos=8))
+                recognizer=dict(embed_dim=24, num_heads=2, depth=1), dataset_kwargs=dict(train_videos=20, test_videos=8))
     return TrainConfig(**{**base, **overrides})
 
 
@@ -184,7 +184,8 @@ def test_three_phases_end_to_end(tmp_path):
 
 
 def test_ablations_train():
-    cfg = _tiny_cfg(dataset_kwargs=dict(train_videos=8, test_videos=8))
+    # 10 videos: 8 outside the validation split, one batch of 8 per epoch (fewer would train no step).
+    cfg = _tiny_cfg(dataset_kwargs=dict(train_videos=10, test_videos=8))
     train = materialize(build_dataset("synthetic", "train", GEOMETRY, **cfg.dataset_kwargs))
     sizes = dict(num_classes=4, num_attributes=5)
     no_pab, history = train_anonymizer(dataclasses.replace(TINY_MODEL, use_pab=False), cfg, train, **sizes)

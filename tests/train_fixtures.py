@@ -8,8 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_MODEL = {"preset": "small", "embed_dim": 24, "num_heads": 2, "depth": 1, "pab_depth": 1, "num_psb": 2}
+# 20 training videos: the anonymizer and the attackers train on the 16 left once the validation
+# split (TrainConfig.validation_fraction, 20%) is carved out, 2 batches of 8 per epoch.
 TINY_TRAIN = {
-    "dataset": "synthetic", "dataset_kwargs": {"train_videos": 16, "test_videos": 8},
+    "dataset": "synthetic", "dataset_kwargs": {"train_videos": 20, "test_videos": 8},
     "batch_size": 8, "init_epochs": 1, "adv_epochs": 1, "eval_epochs": 1,
     "recognizer": {"embed_dim": 24, "num_heads": 2, "depth": 1}, "progress": False,
     "log": "csv", "log_every": 1,
