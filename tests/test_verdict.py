@@ -1,11 +1,9 @@
 """The judging rules shared by the demo and the seed table, at their edges."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from stprivacy.attack import seed_table
 from stprivacy.attack.verdict import ablation_finding, combine_attackers, demo_target, tradeoff_margin
 
 BASELINES = ("raw", "blur")
@@ -102,45 +100,3 @@ def test_ablation_finding_is_judged_on_medians():
     assert not ablation_finding(runs, "full", ["spars", "anon"])["holds"]
 
 
-def _report(seed, met, top1=0.96, threads=2):
-    rows = {name: {"top1": 0.97, "cmap": 0.8, "ap": [0.8] * 5} for name in ("raw", "blur_weak")}
-    rows["ours"] = {"top1": top1, "cmap": 0.6, "ap": [0.6] * 5, "privacy_from": "pixels"}
-    for name in ("oracle", "spars", "anon"):
-        rows[name] = {"top1": 0.9, "cmap": 0.7, "ap": [0.7] * 5}
-    return {"results": rows, "main": "ours", "oracle": "oracle", "ablations": ["spars", "anon"],
-            "attributes": ["a", "b", "c", "d", "e"],
-            "target": {"met": met, "top1_gap_to_raw_points": 1.0, "competitive_baselines": ["raw", "blur_weak"]},
-            "settings": {"seed": seed, "tiny": False}, "machine": {"cpu": "test cpu", "cpu_count": 2,
-                                                                   "torch_threads": threads, "torch": "x"},
-            "commit": "abc1234", "seconds": 100.0 + seed}
-
-
-@pytest.mark.parametrize("met_count,holds", [(9, True), (8, False)])
-def test_seed_table_verdict_needs_nine_in_ten(tmp_path, met_count, holds):
-    paths = []
-    for seed in range(10):
-        path = tmp_path / f"seed_{seed}" / "report.json"
-        path.parent.mkdir()
-        path.write_text(json.dumps(_report(seed, met=seed < met_count, top1=0.90 + 0.01 * seed)))
-        paths.append(path)
-    table = seed_table.build(paths)
-    assert table["verdict"] == {"met": met_count, "seeds": 10, "required": 9, "holds": holds}
-    assert table["spread"]["top1"]["min"] == pytest.approx(0.90) and table["spread"]["top1"]["max"] == pytest.approx(0.99)
-    assert table["commits"] == ["abc1234"] and table["threads"] == [2]
-    assert [r["seed"] for r in table["runs"]] == list(range(10))
-    written = seed_table.write(table, tmp_path)
-    markdown = written[1].read_text()
-    assert markdown.count("| met |") == met_count and "abc1234" in markdown and "2 thread(s)" in markdown
-    assert ("does not hold" in markdown.split("Verdict")[1].splitlines()[0]) is (not holds)
-    assert json.loads(written[0].read_text())["verdict"]["holds"] is holds
-
-
-def test_finished_reports_are_recognized_by_their_settings(tmp_path):
-    path = tmp_path / "report.json"
-    assert not seed_table.finished(path, tiny=False, threads=2)
-    path.write_text(json.dumps(_report(0, True)))
-    assert seed_table.finished(path, tiny=False, threads=2)
-    assert not seed_table.finished(path, tiny=False, threads=1)
-    assert not seed_table.finished(path, tiny=True, threads=2)
-    path.write_text("{truncated")
-    assert not seed_table.finished(path, tiny=False, threads=2)
