@@ -202,6 +202,9 @@ def summarize_attackers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     top-1 (None without a video attacker); ties go to the attacker named first. The row's numbers
     are those attackers' test numbers."""
     order = list(results)
+    missing = [a for a in order if "validation" not in results[a]]
+    if missing:
+        raise ValueError(f"attackers {missing} have no validation metrics to be chosen by")
     privacy_from = max(order, key=lambda a: (_video_level_privacy(a, results[a]["validation"])[0], -order.index(a)))
     cmap, f1, ap = _video_level_privacy(privacy_from, results[privacy_from])
     video = [a for a in order if ATTACKER_PROTOCOL[a] == "video"]
