@@ -187,3 +187,114 @@ def test_materialized_copy_keeps_what_the_dataset_declares():
     video, action, privacy = copy[5]
     ref = data[5]
     assert torch.equal(video, ref[0]) and int(action) == ref[1] and torch.equal(privacy, ref[2])
+
+
+# --- Readability by the protocol's small attackers: closed-form single-frame statistics ------------
+# The attackers are one-block ViTs on 8 x 8 patches, trained for a few hundred steps; they read an
+# attribute when it is a fixed pixel pattern in its patch (benchmarks/attribute_readability.py
+# measures them). These tests pin the rendering properties that make it so, at a fraction of the cost.
+
+
+def _frames_of(code, num_videos=120, seed=5, **spec):
+    """(one random frame's grey pixels of the region holding `code` [N, h, w], actions, privacy)."""
+    ds = SyntheticVideos("train", num_videos=num_videos, seed=seed, **spec)
+    rng = np.random.default_rng(seed)
+    crops, actions, privacy = [], [], []
+    for i in range(len(ds)):
+        video, action, priv, layout = synthetic.make_video(ds.spec, ds.video_seed(i), return_layout=True)
+        cy, cx = [int(v) for v in (layout == code).nonzero()[0]]
+        size = 2 * ds.spec.cell if code == CELL_ACTOR else ds.spec.cell
+        t = int(rng.integers(ds.spec.frames))
+        crops.append(video[:, t, cy * ds.spec.cell : cy * ds.spec.cell + size,
+                           cx * ds.spec.cell : cx * ds.spec.cell + size].mean(0).numpy())
+        actions.append(action)
+        privacy.append(priv.numpy())
+    return np.stack(crops), np.array(actions), np.stack(privacy)
+
+
+def _stripes(side, period, shift, across):
+    """+-1 square-wave stripes of `period` pixels shifted by `shift`, varying along y if `across`."""
+    profile = np.where(np.mod(np.arange(side) - shift, period) < period / 2, 1.0, -1.0)
+    return np.tile(profile[:, None], (1, side)) if across else np.tile(profile[None, :], (side, 1))
+
+
+def test_face_orientation_shows_in_the_oriented_energy_of_a_single_frame():
+    # A lag-2 second difference answers to the 4-pixel stripes (4 x their amplitude) and hardly to
+    # the 16-pixel plaid: whichever axis has more of that energy is the stripes' orientation.
+    frames, _, privacy = _frames_of(CELL_ACTOR)
+    across = privacy[:, PRIVACY_ATTRIBUTES.index("face")] == 1
+    energy_y = np.abs(frames[:, :-4] - 2 * frames[:, 2:-2] + frames[:, 4:]).mean((1, 2))
+    energy_x = np.abs(frames[:, :, :-4] - 2 * frames[:, :, 2:-2] + frames[:, :, 4:]).mean((1, 2))
+    assert ((energy_y > energy_x) == across).mean() == 1.0
+    assert np.minimum(energy_y, energy_x).mean() < 0.5 * np.maximum(energy_y, energy_x).mean()
+
+
+def test_face_stripes_lie_on_the_same_pixels_in_every_frame_and_video():
+    # What lets a patch-linear attacker read the face: one fixed template per orientation, so a
+    # linear statistic (the correlation with each orientation's stripes at phase 0) decides.
+    frames, _, privacy = _frames_of(CELL_ACTOR)
+    across = privacy[:, PRIVACY_ATTRIBUTES.index("face")] == 1
+    side = frames.shape[-1]
+    score = (frames * (_stripes(side, 4, 0, True) - _stripes(side, 4, 0, False))).sum((1, 2))
+    assert ((score > 0) == across).mean() == 1.0
+
+
+@pytest.mark.parametrize("speed", [3, 4])
+def test_face_stripes_phase_in_any_frame_is_independent_of_the_class(speed):
+    # The stripes move with the actor; their phase is drawn among the phases the motion reaches
+    # (multiples of gcd(speed, 4)), so in every frame its distribution is the same for each class:
+    # a single phase at speed 4, all four at speed 3 (locking it there would leak the direction).
+    ds = SyntheticVideos("train", num_videos=160, seed=7, num_classes=4, speed=speed, frames=6)
+    phases = {c: [] for c in range(4)}
+    for i in range(len(ds)):
+        video, action, priv, layout = synthetic.make_video(ds.spec, ds.video_seed(i), return_layout=True)
+        cy, cx = [int(v) for v in (layout == CELL_ACTOR).nonzero()[0]]
+        across = bool(priv[PRIVACY_ATTRIBUTES.index("face")])
+        frame = video[:, -1, cy * 8 : cy * 8 + 16, cx * 8 : cx * 8 + 16].mean(0).numpy()
+        phases[action].append(int(np.argmax([(frame * _stripes(16, 4, s, across)).sum() for s in range(4)])))
+    expected = {0} if speed == 4 else {0, 1, 2, 3}
+    for action, seen in phases.items():
+        assert set(seen) == expected, (action, sorted(set(seen)))
+        if speed == 3:
+            assert max(np.bincount(seen, minlength=4)) / len(seen) < 0.5  # near uniform, not one phase
+
+
+# A linear statistic of one frame of a glyph's cell (grey levels, 8 x 8) per attribute, positive for
+# value 1: the value is in the shape (both shapes cover about the same area), so each compares two
+# parts of the cell, and the background, the noise and the glyph's brightness cancel out.
+_GLYPH_STATISTICS = {
+    "gender": lambda c: c[:, 4:, :].sum((1, 2)) - c[:, :4, :].sum((1, 2)),  # a dress: mass at the bottom
+    "nudity": lambda c: c[:, 2:6, 2:6].mean((1, 2)) - c[:, 1:7, [1, 6]].mean((1, 2)),  # solid vs rim
+    "relationship": lambda c: c[:, 1:7, [1, 6]].sum((1, 2)) - c[:, 1:7, 3:5].sum((1, 2)),  # two vs one
+}
+
+
+@pytest.mark.parametrize("k", range(len(SCENE_ATTRIBUTES)))
+def test_each_glyph_value_is_decided_by_a_fixed_linear_statistic_of_one_frame(k):
+    name = SCENE_ATTRIBUTES[k]
+    cells, _, privacy = _frames_of(CELL_PRIVACY + k)
+    value = privacy[:, PRIVACY_ATTRIBUTES.index(name)] == 1
+    score = _GLYPH_STATISTICS[name](cells)
+    assert ((score > 0) == value).mean() == 1.0
+    # With a margin: the weaker value's scores stay clear of zero, not just on the right side.
+    assert min(score[value].min(), -score[~value].max()) > 0.1 * np.abs(score).mean()
+
+
+@pytest.mark.parametrize("name", SCENE_ATTRIBUTES)
+def test_each_glyph_value_is_one_pixel_pattern(name):
+    # Centered in its cell: every draw of a value is the same shape (only the brightness varies),
+    # the two values' shapes differ, and their areas are within a fifth of each other.
+    shapes = {}
+    for value in (0, 1):
+        masks = {tuple(synthetic._glyph(name, value, 8, torch.Generator().manual_seed(s))[0].gt(0).flatten().tolist())
+                 for s in range(20)}
+        assert len(masks) == 1
+        shapes[value] = np.array(masks.pop())
+    assert (shapes[0] != shapes[1]).sum() >= 8
+    areas = sorted(int(shapes[v].sum()) for v in (0, 1))
+    assert areas[0] >= 0.8 * areas[1]
+
+
+def test_marking_period_must_be_even():
+    with pytest.raises(ValueError, match="marking_period"):
+        SyntheticVideos("train", size=40, cell=5, wavelength=10, marking_period=5)
