@@ -74,7 +74,8 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
             a larger black-edged star, labeled beside the point.
         curve_label: the legend's name of the curve.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    # The legend sits right of the axes: with a dozen rows it would cover points inside them.
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
     if curve:
         pts = sorted(curve, key=lambda p: p["alpha"])
         ax.plot([100 * p["top1"] for p in pts], [100 * p["cmap"] for p in pts], "o-", color="tab:red",
@@ -94,7 +95,7 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
     ax.set_ylabel("privacy cMAP (%), stronger attacker; lower is better")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return _save(fig, path)
 
