@@ -164,7 +164,7 @@ def _pct(x: float | None) -> str:
 
 def _range(s: dict[str, float], points: bool = False) -> str:
     f = (lambda x: f"{x:.1f}") if points else _pct
-    return f"{f(s['median'])} ({f(s['min'])}-{f(s['max'])})"
+    return f"{f(s['median'])} ({f(s['min'])} to {f(s['max'])})"
 
 
 def to_markdown(table: dict[str, Any]) -> str:
@@ -175,7 +175,7 @@ def to_markdown(table: dict[str, Any]) -> str:
         f"{m['cpu_count']} cores, torch {m['torch']}, {', '.join(map(str, table['threads']))} thread(s). "
         f"Attackers chosen on a validation split of the training videos; test numbers reported.",
         "",
-        f"Medians over {len(runs)} seeds (min-max); top-1 higher is better, cMAP and AP lower:",
+        f"Medians over {len(runs)} seeds (min to max); top-1 higher is better, cMAP and AP lower:",
         "",
         "| method | top-1 | cMAP | top-1 - cMAP | " + " | ".join(f"AP {a}" for a in attrs) + " | kept |",
         "| --- " * (5 + len(attrs)) + "|",
