@@ -66,5 +66,7 @@ def test_filter_gates_are_read_per_kind_of_kept_tubelet(tmp_path):
     gates = probe.filter_gates(model, test_raw)
     assert set(gates) == {"actor", "other"}
     assert all(g[1] == 1.0 for g in gates.values())
-    assert all(0.0 < g[0] < 1.0 for g in gates.values())
+    # Each token's desaturation gate is 0 or 1 by the sign of its first feature: a mean per kind
+    # in [0, 1], opened on some kept tubelets (which kinds depends on the tiny run's weights).
+    assert all(0.0 <= g[0] <= 1.0 for g in gates.values()) and any(g[0] > 0.0 for g in gates.values())
     assert probe.filter_gates(STPrivacy(model.cfg.__class__.small(embed_dim=24, num_heads=2)), test_raw) is None
