@@ -138,13 +138,14 @@ class OnnxAnonymizer:
     Args:
         path: the ``.onnx`` file.
         device: "cpu", or "cuda" to run on onnxruntime's CUDA provider where it is installed.
+        threads: onnxruntime's intra-op threads on the CPU (None: onnxruntime's default, one per core).
 
     Raises:
         UsageError: onnxruntime is not installed, or the file is not an exported anonymizer.
         InputNotFoundError: no such file.
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
         try:
             import onnxruntime
         except ImportError as exc:
@@ -155,8 +156,13 @@ class OnnxAnonymizer:
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise UsageError(f"threads must be an int >= 1, got {threads!r}")
+            options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+            self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
             raise UsageError(f"{path} is not a readable ONNX file ({exc})") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

@@ -17,6 +17,7 @@ from stprivacy.anonymize import OnnxAnonymizer, anonymize_window, load_anonymize
 from stprivacy.cli import main as cli_main
 from stprivacy.data.transforms import frames_to_tensor
 from stprivacy.data.video import iter_frames
+from stprivacy.errors import UsageError
 from stprivacy.export import INPUT_NAME, export_anonymizer
 from stprivacy.model import STPrivacy, STPrivacyConfig
 
@@ -201,3 +202,29 @@ def test_anonymize_command_runs_the_exported_file(tmp_path, checkpoint, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("stprivacy anonymize: error: ") for line in err), err
     assert not any((tmp_path / name).exists() for name in ("x.mp4", "y.mp4", "z.mp4"))
+
+
+def test_threads_set_onnxruntime_torch_and_opencv(tmp_path, checkpoint, capsys):
+    """`stprivacy anonymize --threads N` limits the model (onnxruntime's intra-op pool, or torch)
+    and OpenCV's resizing; a count below 1 is one line."""
+    _needs("onnx")
+    _needs("onnxruntime")
+    import cv2
+
+    onnx_file = export_anonymizer(checkpoint, tmp_path / "anonymizer.onnx", 0.7)
+    assert OnnxAnonymizer(onnx_file, threads=1).session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(UsageError, match="threads must be an int >= 1"):
+        OnnxAnonymizer(onnx_file, threads=0)
+    source = write_test_video(tmp_path / "in" / "clip.avi", num_frames=9, height=30, width=64)
+    common = [str(source), "--no-progress", "--codec", "mpeg4", "--onnx", str(onnx_file)]
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        assert cli_main(["anonymize", *common, "-o", str(tmp_path / "a.mp4"), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+    capsys.readouterr()
+    assert cli_main(["anonymize", *common, "-o", str(tmp_path / "b.mp4"), "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "b.mp4").exists()

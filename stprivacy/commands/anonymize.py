@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "needs, at medium's quality; see benchmarks/RESULTS.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of the model (torch's, or onnxruntime's with --onnx) and of OpenCV's "
+                             "resizing (default: each library's own, usually one per core)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -63,9 +66,16 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx is not None and (args.keep_ratio is not None or args.config is not None):
         raise UsageError("--keep-ratio and --config do not apply to --onnx: the keep ratio and the model "
                          "are fixed in the exported file (stprivacy export --keep-ratio)")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     plan_jobs(args.input, args.output, args.overwrite)  # refuse before loading anything
+    if args.threads is not None:
+        import cv2  # the resizing runs in OpenCV (stprivacy.anonymize)
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     if args.onnx is not None:
-        model = OnnxAnonymizer(args.onnx, device=args.device)
+        model = OnnxAnonymizer(args.onnx, device=args.device, threads=args.threads)
     else:
         model = load_anonymizer(args.checkpoint, args.config, device=args.device)
     done = anonymize_path(model, args.input, args.output, keep_ratio=args.keep_ratio, stride=args.stride,
