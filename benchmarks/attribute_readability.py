@@ -27,11 +27,11 @@ import torch
 
 from stprivacy.attack.seed_table import git_commit, machine
 from stprivacy.attack.verdict import split_validation
-from stprivacy.commands.demo import FULL, _train_config
+from stprivacy.commands.demo import FULL, _train_config, benchmark_splits
 from stprivacy.data.synthetic import PRIVACY_ATTRIBUTES, materialize
 from stprivacy.methods.baselines import BASELINE_NAMES
 from stprivacy.model import STPrivacyConfig
-from stprivacy.train import build_dataset, dataset_sizes, evaluate_baseline
+from stprivacy.train import evaluate_baseline
 
 THRESHOLD = 0.90  # the AP every attribute must reach on raw video, on every seed
 
@@ -42,10 +42,8 @@ def probe_seed(seed: int, baselines: list[str], train_videos: int, test_videos: 
     settings = dataclasses.replace(FULL, train_videos=train_videos, test_videos=test_videos)
     model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
     cfg = _train_config(settings, seed, progress=False)
-    geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
-    train_raw = build_dataset("synthetic", "train", geometry, **cfg.dataset_kwargs)
-    test_raw = build_dataset("synthetic", "test", geometry, **cfg.dataset_kwargs)
-    num_classes, num_attributes = dataset_sizes(train_raw)
+    train_raw, test_raw, sizes = benchmark_splits(model_cfg, cfg)
+    num_classes, num_attributes = sizes["num_classes"], sizes["num_attributes"]
     train_set, test_set = materialize(train_raw), materialize(test_raw)
     torch.manual_seed(seed)  # as run_demo does before its rows
     rows = {}

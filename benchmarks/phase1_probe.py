@@ -14,11 +14,10 @@ import time
 
 import torch
 
-from stprivacy.commands.demo import FULL, _train_config, apply_overrides
+from stprivacy.commands.demo import FULL, _train_config, apply_overrides, benchmark_splits
 from stprivacy.data.synthetic import actor_keep_masks, materialize
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.attack.seed_table import git_commit, machine
-from stprivacy.train import build_dataset, dataset_sizes
 from stprivacy.train.anonymizer import train_initialization
 from stprivacy.train.common import make_recognizer
 
@@ -28,10 +27,8 @@ def probe(seed: int, overrides: list[str]) -> tuple[float, float, float]:
     settings = apply_overrides(FULL, overrides)
     model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
     cfg = _train_config(settings, seed, progress=False)
-    geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
-    train_raw = build_dataset("synthetic", "train", geometry, **cfg.dataset_kwargs)
-    test_raw = build_dataset("synthetic", "test", geometry, **cfg.dataset_kwargs)
-    num_classes, _ = dataset_sizes(train_raw)
+    train_raw, test_raw, sizes = benchmark_splits(model_cfg, cfg)
+    num_classes = sizes["num_classes"]
     train, test = materialize(train_raw), materialize(test_raw)
     torch.manual_seed(seed)
     model = STPrivacy(model_cfg)

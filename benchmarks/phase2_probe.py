@@ -33,11 +33,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import cross_val_predict
 
-from stprivacy.commands.demo import FULL, TINY, _train_config, apply_overrides
+from stprivacy.commands.demo import FULL, TINY, _train_config, apply_overrides, benchmark_splits
 from stprivacy.data.synthetic import CELL_ACTOR, PRIVACY_ATTRIBUTES, materialize
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.attack.seed_table import git_commit, machine
-from stprivacy.train import build_dataset, dataset_sizes, evaluate_stprivacy
+from stprivacy.train import evaluate_stprivacy
 from stprivacy.train.anonymizer import _trainable, train_adversarial, train_initialization
 from stprivacy.train.common import backbone_lr, clip_and_step, make_optimizer, make_recognizer, set_lr
 from stprivacy.train.config import get_lr
@@ -55,10 +55,8 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     settings = apply_overrides(TINY if tiny else FULL, overrides)
     model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
     cfg = _train_config(settings, seed, progress=False)
-    geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
-    train_raw = build_dataset("synthetic", "train", geometry, **cfg.dataset_kwargs)
-    test_raw = build_dataset("synthetic", "test", geometry, **cfg.dataset_kwargs)
-    num_classes, num_attributes = dataset_sizes(train_raw)
+    train_raw, test_raw, sizes = benchmark_splits(model_cfg, cfg)
+    num_classes, num_attributes = sizes["num_classes"], sizes["num_attributes"]
     train, test = materialize(train_raw), materialize(test_raw)
     torch.manual_seed(seed)  # as stprivacy.train.train_anonymizer builds them
     model = STPrivacy(model_cfg)

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..attack import seed_table, viz
+from ..attack.evaluate import checked_transform
 from ..attack.verdict import ATTACKERS, demo_target, tradeoff_margin
 from ..data.synthetic import PRIVACY_ATTRIBUTES, SyntheticVideos, actor_region, make_video
 from ..errors import UsageError
@@ -248,6 +249,16 @@ def _oracle_data(data: TensorDataset, regions: torch.Tensor, model: STPrivacy) -
     return TensorDataset(videos * model.keep_to_pixels(keep), keep, actions, privacy.float())
 
 
+def benchmark_splits(model_cfg: STPrivacyConfig, cfg: TrainConfig
+                     ) -> tuple[SyntheticVideos, SyntheticVideos, dict[str, int]]:
+    """The benchmark's train and test splits at the model's clip geometry, as ``cfg`` sizes them,
+    and ``{"num_classes", "num_attributes"}`` (the demo's and the probes' data)."""
+    geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
+    train_raw = build_dataset("synthetic", "train", geometry, **cfg.dataset_kwargs)
+    test_raw = build_dataset("synthetic", "test", geometry, **cfg.dataset_kwargs)
+    return train_raw, test_raw, dict(zip(("num_classes", "num_attributes"), dataset_sizes(train_raw)))
+
+
 def _train_config(settings: DemoSettings, seed: int, progress: bool, paper: bool = False) -> TrainConfig:
     return TrainConfig(
         dataset="synthetic",
@@ -291,10 +302,7 @@ def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True,
     torch.manual_seed(seed)
     configs = _configs(settings, seed, progress)
     model_cfg, cfg = configs[RECIPE]  # the protocol's settings (attackers, data) are the same for every row
-    geometry = {"frames": model_cfg.frames, "image_size": model_cfg.image_size, "tubelet": model_cfg.tubelet}
-    train_raw = build_dataset("synthetic", "train", geometry, **cfg.dataset_kwargs)
-    test_raw = build_dataset("synthetic", "test", geometry, **cfg.dataset_kwargs)
-    sizes = dict(zip(("num_classes", "num_attributes"), dataset_sizes(train_raw)))
+    train_raw, test_raw, sizes = benchmark_splits(model_cfg, cfg)
     (train_set, train_regions), (test_set, test_regions) = _generate(train_raw), _generate(test_raw)
     print(f"synthetic benchmark (seed {seed}): {len(train_set)} train ({round(cfg.validation_fraction * 100)}% of "
           f"them the validation split that chooses the attackers) / {len(test_set)} test videos, "
@@ -337,7 +345,7 @@ def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True,
             torch.manual_seed(seed)
             anonymizer, histories[method.title] = train_method(method_name, method_cfg, paper_model_cfg, paper_cfg,
                                                                train_set, **sizes)
-            transform = _frozen(anonymizer)
+            transform = checked_transform(anonymizer, f"the {method.title} anonymizer")  # drops nothing
             rows[method.title] = evaluate_anonymizer(transform, train_set, test_set, paper_model_cfg, paper_cfg,
                                                      name=method.title, **sizes)
             rows[method.title]["note"] = method.citation
@@ -407,12 +415,6 @@ def run_demo(seed: int, out: Path, *, tiny: bool = False, progress: bool = True,
         print("the learned methods the paper compares with (VITA, SPAct, Collective): stprivacy demo --table1")
     print(f"wrote {out / 'report.json'}, {figure}, {tradeoff} in {elapsed:.0f} s")
     return report
-
-
-def _frozen(anonymizer: torch.nn.Module):
-    """A trained frame-wise anonymizer as the protocol's transform: it drops nothing."""
-    anonymizer.eval()
-    return lambda video: (anonymizer(video), None)
 
 
 def run(args: argparse.Namespace) -> int:
