@@ -26,7 +26,7 @@ def probe(seed: int, overrides: list[str]) -> tuple[float, float, float]:
     """(share of actor tubelets kept, phase-1 recognizer top-1, seconds) for one seed."""
     settings = apply_overrides(FULL, overrides)
     model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
-    cfg = _train_config(settings, seed, progress=False)
+    cfg = _train_config(settings, seed, progress=False, row=settings.train)  # the recipe row's training
     train_raw, test_raw, sizes = benchmark_splits(model_cfg, cfg)
     num_classes = sizes["num_classes"]
     train, test = materialize(train_raw), materialize(test_raw)

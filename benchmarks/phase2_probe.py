@@ -54,7 +54,7 @@ def phase1(seed: int, overrides: list[str], cache: Path, tiny: bool = False):
     the demo's seconds-long smoke settings instead."""
     settings = apply_overrides(TINY if tiny else FULL, overrides)
     model_cfg = STPrivacyConfig.small(alpha=settings.alpha, **settings.model)
-    cfg = _train_config(settings, seed, progress=False)
+    cfg = _train_config(settings, seed, progress=False, row=settings.train)  # the recipe row's training
     train_raw, test_raw, sizes = benchmark_splits(model_cfg, cfg)
     num_classes, num_attributes = sizes["num_classes"], sizes["num_attributes"]
     train, test = materialize(train_raw), materialize(test_raw)

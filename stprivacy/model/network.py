@@ -94,7 +94,7 @@ class STPrivacy(nn.Module):
             nn.init.zeros_(self.pab.head.bias)
 
     def forward(self, video: Tensor, keep_ratio: float | None = None, *, generator: torch.Generator | None = None,
-                score_scale: float = 1.0) -> STPrivacyOutput:
+                score_scale: float = 1.0, keep_all: bool = False) -> STPrivacyOutput:
         """Anonymize a batch of clips.
 
         Args:
@@ -105,6 +105,8 @@ class STPrivacy(nn.Module):
             score_scale: training with the "gumbel_topk" sampler only: multiplies the predictors'
                 scores before the Gumbel top-k; 0 keeps a uniformly random subset of the same
                 size (the warm-up of ``TrainConfig.sparsity_hold_epochs``).
+            keep_all: keep and decode every tubelet, the predictors unused, in training too
+                (``TrainConfig.reconstruction_epochs``); ``keep_ratio`` is then ignored.
 
         Returns:
             :class:`STPrivacyOutput`.
@@ -114,7 +116,9 @@ class STPrivacy(nn.Module):
         targets = self.cfg.target_ratios(ratio)
         x = self.tokenize(video)
         log_prob, gates = None, None
-        if self.training:
+        if keep_all:
+            anonymized, keep, masks = self._forward_eval(video, x, [])
+        elif self.training:
             anonymized, keep, masks, log_prob, gates = self._forward_train(video, x, targets, generator,
                                                                            score_scale)
         else:

@@ -1,5 +1,5 @@
 """The three training phases of paper §3.4, their configuration, checkpoints and data factory."""
-from .anonymizer import train_adversarial, train_initialization
+from .anonymizer import train_adversarial, train_initialization, train_reconstruction
 from .checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, load_latest, save_checkpoint
 from .config import TrainConfig, get_lr
 from .data_factory import DATASETS, build_dataset
@@ -26,5 +26,6 @@ __all__ = [
     "train_adversarial",
     "train_anonymizer",
     "train_initialization",
+    "train_reconstruction",
     "UnsafeCheckpointError",
 ]

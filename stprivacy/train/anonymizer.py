@@ -1,5 +1,8 @@
 """Phases 1 and 2 of paper §3.4: train the anonymizer (PSBs + PAB).
 
+Before them, with ``TrainConfig.reconstruction_epochs`` (stpriv's, off by default), a start for an
+anonymizer without pretrained weights: it learns to reproduce its training videos.
+
 Phase 1, initialization: ``L_spars + L'_action``. An action recognizer ``f'_T`` is trained
 jointly on the anonymized videos, so the anonymizer learns to keep what the action needs.
 
@@ -115,6 +118,52 @@ def _trainable(model: STPrivacy, scope: str) -> Iterator[None]:
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
+
+
+def train_reconstruction(model: STPrivacy, train_set: Dataset, cfg: TrainConfig, *,
+                         save: SaveFn | None = None, resume: dict[str, Any] | None = None,
+                         logger: RunLogger | None = None) -> dict[str, list[float]]:
+    """The reconstruction start (``TrainConfig.reconstruction_epochs``): every anonymizer parameter
+    but the keep predictors learns to reproduce the training videos, every tubelet kept, by mean
+    squared error, at the run's learning rate and schedule. Arguments as
+    :func:`train_initialization`; returns per-epoch means ``{"loss_reconstruction": [...],
+    "seconds": [...]}``."""
+    phase, accum = "reconstruction", cfg.grad_accum_steps
+    device = resolve_device(cfg.device)
+    net = prepare(model, device, cfg, find_unused_parameters=True)  # the predictors take no part
+    batches = _batches(train_set, cfg, phase)
+    optimizer = make_optimizer([model], cfg)
+    optimizers = {"anonymizer": optimizer}
+    progress = Progress.resume(phase, resume, optimizers)
+    total, warmup, min_lr = _schedule(cfg, cfg.reconstruction_epochs, len(batches))
+    while progress.epoch < cfg.reconstruction_epochs:
+        t0 = time.perf_counter()
+        loader = make_loader(train_set, batches.epoch(progress.epoch, start=progress.batch), cfg.num_workers)
+        bar = progress_bar(loader, desc=f"reconstruction {progress.epoch + 1}/{cfg.reconstruction_epochs}",
+                           initial=progress.batch, unit="batch", total=len(batches), leave=False,
+                           disable=not (cfg.progress and is_main()))
+        for batch in bar:
+            if not usable_on_all_ranks(batch, accum):
+                progress.skip_batch()
+                continue
+            set_lr(optimizer, get_lr(progress.step, total, cfg.peak_lr, warmup, min_lr))
+            optimizer.zero_grad(set_to_none=True)
+            step_values = StepValues(accum)
+            for _, micro in micro_batches(batch, accum, [net]):
+                video, _, _ = to_device(micro, device)
+                with autocast(cfg, device):
+                    loss = F.mse_loss(net(video, keep_all=True).video.float(), video)
+                (loss / accum).backward()
+                step_values.add(loss_reconstruction=loss)
+            values = step_values.reduce(progress)
+            clip_and_step(optimizer, cfg)
+            progress.end_step(values)
+            bar.set_postfix(mse=f"{values['loss_reconstruction']:.4f}")
+            t0 = _log_and_checkpoint(phase, progress, values, cfg, logger, save, optimizers, len(batches), t0)
+        progress.end_epoch(time.perf_counter() - t0)
+        if save is not None:
+            save(progress, optimizers)
+    return progress.history
 
 
 def train_initialization(model: STPrivacy, action_rec: nn.Module, train_set: Dataset, cfg: TrainConfig, *,

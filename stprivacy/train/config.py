@@ -36,6 +36,13 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay, on matrices only (not on biases or norms).
         grad_clip: max global gradient norm (0 = no clipping).
         init_epochs, adv_epochs, eval_epochs: epochs of the three phases (paper: 80 / 40 / 80).
+        reconstruction_epochs: a start for an anonymizer without ``pretrained`` weights (stpriv's,
+            0 = none, the paper's schedule): before phase 1, the whole anonymizer learns for this
+            many epochs to reproduce its training videos (mean squared error, every tubelet kept,
+            the predictors unused), at the run's learning rate and schedule. Why: the paper's PAB
+            decodes from ImageNet ViT-S features, which carry the pixels; from random weights its
+            pixel head is a random projection, and at the demo's scale phase 1 then never learns
+            the action (the action loss stays at ln 4 for 48 epochs, docs/demo_results.md).
         sparsity_hold_epochs, sparsity_ramp_epochs: phase 1's warm-up of the sparsification:
             the predictors have no say for ``sparsity_hold_epochs``, then take over linearly
             over ``sparsity_ramp_epochs``. With the model's "gumbel_topk" sampler the hold keeps
@@ -127,6 +134,7 @@ class TrainConfig:
     init_epochs: int = 80
     adv_epochs: int = 40
     eval_epochs: int = 80
+    reconstruction_epochs: int = 0
     sparsity_hold_epochs: float = 0.0
     sparsity_ramp_epochs: float = 0.0
     backbone_lr_ratio: float = 1.0
@@ -158,7 +166,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("init_epochs", "adv_epochs", "eval_epochs", "num_workers", "seed", "checkpoint_every"):
+        for name in ("init_epochs", "adv_epochs", "eval_epochs", "reconstruction_epochs", "num_workers", "seed", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")

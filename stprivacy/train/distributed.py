@@ -99,16 +99,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
     """``DistributedDataParallel(module)`` in a multi-process run, the module itself otherwise.
 
-    ``find_unused_parameters`` stays off: every parameter of the anonymizer and the recognizers
-    takes part in every training loss (the keep predictors through the straight-through
-    estimator), and DDP says so loudly if that ever stops being true.
+    ``find_unused_parameters`` stays off but where a loss leaves parameters out by design (the
+    reconstruction start, which keeps every tubelet, leaves the keep predictors out): every
+    parameter of the anonymizer and the recognizers takes part in every other training loss
+    (the keep predictors through the straight-through estimator), and DDP says so loudly if
+    that ever stops being true.
     """
     if not is_distributed():
         return module
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .distributed import all_reduce_mean, wrap
 
 # Seeds the per-shard Gumbel generators and the epoch permutations of each phase.
-PHASE_IDS = {"initialization": 1, "adversarial": 2, "evaluation": 3}
+PHASE_IDS = {"initialization": 1, "adversarial": 2, "evaluation": 3, "reconstruction": 4}
 
 # save(progress, optimizers) -> None: writes a checkpoint of the whole run at this point.
 SaveFn = Callable[["Progress", dict[str, torch.optim.Optimizer]], None]
@@ -34,7 +34,7 @@ class Progress:
     """Position of a phase, in units that survive a restart.
 
     Attributes:
-        phase: "initialization", "adversarial" or "evaluation".
+        phase: "reconstruction", "initialization", "adversarial" or "evaluation".
         epoch: epochs completed.
         batch: batches of the epoch's order consumed so far, skipped ones included (where a
             resumed epoch starts).
@@ -99,14 +99,16 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def prepare(module: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
-    """Move to ``device`` in training mode, wrap in DDP under torchrun, compile when asked.
+def prepare(module: nn.Module, device: torch.device, cfg: TrainConfig, *, find_unused_parameters: bool = False
+            ) -> nn.Module:
+    """Move to ``device`` in training mode, wrap in DDP under torchrun (``find_unused_parameters``:
+    see :func:`~stprivacy.train.distributed.wrap`), compile when asked.
 
     The bare module keeps the parameters (optimizers and state dicts use it); the returned
     wrapper is what the loop calls.
     """
     module.to(device).train()
-    wrapped = wrap(module, device)
+    wrapped = wrap(module, device, find_unused_parameters=find_unused_parameters)
     return torch.compile(wrapped) if cfg.compile else wrapped
 
 

@@ -12,7 +12,7 @@ from ..methods.baselines import make_baseline
 from ..model import STPrivacy, STPrivacyConfig
 from ..model.pretrained import load_pretrained_vit
 from ..attack.verdict import ATTACKERS
-from .anonymizer import check_filter_prior, train_adversarial, train_initialization
+from .anonymizer import check_filter_prior, train_adversarial, train_initialization, train_reconstruction
 from .checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from .common import make_recognizer
 from .config import TrainConfig
@@ -70,7 +70,8 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
             result equals that of an uninterrupted run.
 
     Returns:
-        The trained anonymizer (eval mode) and ``{"initialization": history, "adversarial": history}``.
+        The trained anonymizer (eval mode) and ``{"initialization": history, "adversarial": history}``
+        (and ``"reconstruction"`` with ``cfg.reconstruction_epochs``).
     """
     check_filter_prior(model_cfg, cfg)  # before phase 1, not after it
     # The validation videos that choose the attackers (stprivacy.attack.verdict) stay unseen by
@@ -104,7 +105,8 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
         if is_main():
             print(f"resuming {out} at the {progress['phase']} phase, epoch {progress['epoch'] + 1}, "
                   f"batch {progress['batch']} (step {progress['step']})")
-    epochs = {"initialization": cfg.init_epochs, "adversarial": cfg.adv_epochs}
+    epochs = {"reconstruction": cfg.reconstruction_epochs, "initialization": cfg.init_epochs,
+              "adversarial": cfg.adv_epochs}
 
     def save(progress: Progress, optimizers: dict[str, torch.optim.Optimizer]) -> None:
         if out is None or not is_main():
@@ -127,7 +129,10 @@ def train_anonymizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, train_set: Da
 
     logger = RunLogger(out, cfg.log, cfg.log_every)
     try:
-        if checkpoint is None or checkpoint["phase"] == "initialization":
+        if cfg.reconstruction_epochs and (checkpoint is None or checkpoint["phase"] == "reconstruction"):
+            histories["reconstruction"] = train_reconstruction(model, train_set, cfg, save=save, resume=checkpoint,
+                                                               logger=logger)
+        if checkpoint is None or checkpoint["phase"] in ("reconstruction", "initialization"):
             histories["initialization"] = train_initialization(model, action_rec, train_set, cfg, save=save,
                                                                resume=checkpoint, logger=logger)
         histories["adversarial"] = train_adversarial(model, action_rec, privacy_rec, train_set, cfg, save=save,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .distributed import is_main
 
-PHASES = ("initialization", "adversarial", "evaluation")
+PHASES = ("reconstruction", "initialization", "adversarial", "evaluation")
 CSV_NAME = "metrics.csv"
 _FIELDS = ["phase", "epoch", "step", "key", "value"]
 
