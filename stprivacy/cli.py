@@ -9,10 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import anonymize, demo, evaluate, export, train
+from .commands import anonymize, demo, evaluate, export, sweep, train
 from .errors import UserError
 
-COMMANDS = [demo, train, evaluate, anonymize, export]
+COMMANDS = [demo, train, evaluate, sweep, anonymize, export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ from stprivacy.cli import COMMANDS, build_parser, main
 # The arguments each command needs besides --no-progress.
 REQUIRED = {"demo": [], "train": ["--config", "run.json"], "evaluate": ["--checkpoint", "x.pt"],
             "anonymize": ["in.mp4", "-o", "out.mp4", "--checkpoint", "x.pt"],
-            "export": ["--checkpoint", "x.pt", "-o", "a.onnx"]}
+            "export": ["--checkpoint", "x.pt", "-o", "a.onnx"],
+            "sweep": ["--config", "run.json", "--set", "train.lambda_privacy=0.5,1"]}
 
 
 @pytest.mark.parametrize("command", [module.__name__.rsplit(".", 1)[1] for module in COMMANDS])

@@ -100,6 +100,41 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
     return _save(fig, path)
 
 
+def plot_sweep(sweep: Mapping, path: str | Path) -> Path:
+    """Paper Figure 4's layout for one swept setting (``stprivacy sweep``'s ``sweep.json``): per
+    value, the median action top-1 (x) and privacy cMAP (y) over seeds, with their min-to-max
+    ranges as error bars, joined in the order of the values and labeled with them; raw video as a
+    black star (its median and range over the same seeds)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    summary = sweep["summary"]
+
+    def median_and_range(s: Mapping, metric: str) -> tuple[float, list[list[float]]]:
+        m = 100 * s[metric]["median"]
+        return m, [[m - 100 * s[metric]["min"]], [100 * s[metric]["max"] - m]]
+
+    xs, ys = [], []
+    for label in sweep["labels"]:
+        x, xerr = median_and_range(summary[label], "top1")
+        y, yerr = median_and_range(summary[label], "cmap")
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color="tab:red", ecolor="tab:red", alpha=0.8, capsize=3)
+        ax.annotate(f"{label}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8, color="tab:red")
+        xs.append(x)
+        ys.append(y)
+    ax.plot(xs, ys, "-", color="tab:red", alpha=0.5, label=sweep["parameter"])
+    x, xerr = median_and_range(sweep["raw"], "top1")
+    y, yerr = median_and_range(sweep["raw"], "cmap")
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="*", markersize=12, color="black", capsize=3, label="raw video")
+    ax.set_xlabel("action top-1 (%)  higher is better")
+    ax.set_ylabel("privacy cMAP (%), stronger attacker; lower is better")
+    seeds = sweep["seeds"]
+    ax.set_title(f"sweep of {sweep['parameter']} (median over {len(seeds)} seed{'s' * (len(seeds) > 1)}, "
+                 "bars: min to max)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

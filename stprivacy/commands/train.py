@@ -132,7 +132,8 @@ def model_config_from_dict(section: dict[str, Any]) -> STPrivacyConfig:
     return STPrivacyConfig.from_dict({**base, **section})
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A run config file's JSON object, its sections checked by name (not yet their values)."""
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"config file not found: {path}")
@@ -156,10 +157,18 @@ def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
         InputNotFoundError: no such file.
         ConfigError: not JSON, unknown sections or keys, or values the configs reject.
     """
-    data = _read_config_file(path)
+    return parse_run_config(read_config_file(path), str(path))
+
+
+def parse_run_config(data: dict[str, Any], source: str) -> tuple[STPrivacyConfig, TrainConfig]:
+    """The configs of a run config's object; ``source`` names it in errors (a file, a ``--set``).
+
+    Raises:
+        ConfigError: unknown keys, or values the configs reject.
+    """
     try:
         # The config classes validate their fields with ValueError / TypeError: here every such
-        # error is about a value in this file.
+        # error is about a value in this object.
         model_cfg = model_config_from_dict(data.get("model", {"preset": "small"}))
         cfg = TrainConfig.from_dict(data.get("train", {}))
         check_filter_prior(model_cfg, cfg)
@@ -167,7 +176,7 @@ def load_run_config(path: Path) -> tuple[STPrivacyConfig, TrainConfig]:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(f"{source}: {e}") from e
 
 
 def load_method_config(path: Path, name: str) -> Any:
@@ -175,7 +184,7 @@ def load_method_config(path: Path, name: str) -> Any:
     where the file has none)."""
     method = get_method(name)
     try:
-        return method_config(method, _read_config_file(path).get(name))
+        return method_config(method, read_config_file(path).get(name))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}: section '{name}': {e}") from e
 

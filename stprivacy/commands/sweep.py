@@ -1,0 +1,260 @@
+"""``stprivacy sweep --config RUN.json --set SECTION.KEY=V1,V2,...``: one run per value, one plot.
+
+Paper Figure 4 sweeps one setting at a time (the training keep ratio alpha, the tubelet length
+dT, lambda_A, lambda_P) and plots each run's action top-1 against its privacy cMAP. This command
+does that for any run config (``stprivacy train``'s) and any of its fields:
+
+    stprivacy sweep --config configs/synthetic_paper.json --set train.lambda_privacy=0.25,0.5,1 --seeds 0 1 2
+    stprivacy sweep --config configs/synthetic_small.json --set model.tubelet=[1,16,16],[2,16,16],[4,16,16]
+
+Each value is read as JSON (a bare word is a string); ``--seeds`` runs every value once per seed
+(``TrainConfig.seed``: weights, batches, Gumbel noise). Every point is a whole ``stprivacy train``
+run (the three phases, then the attack protocol) in ``OUT/KEY=VALUE/seed_S``, and the unswept
+config's raw video is attacked once per seed in ``OUT/raw/seed_S`` (the protocol of ``stprivacy
+evaluate``), the reference the plot marks. A finished point is not rerun; one that was
+stopped continues from its last checkpoint (``stprivacy train --resume``).
+
+Writes ``OUT/sweep.json`` (every point, and per value the median, min and max over seeds),
+``OUT/sweep.md`` and ``OUT/sweep.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..attack import viz
+from ..attack.evaluate import baseline_method, build_splits, evaluate_methods
+from ..attack.report import write_evaluation
+from ..attack.seed_table import git_commit, machine
+from ..errors import ConfigError, UsageError
+from ..model import STPrivacyConfig
+from ..train import TrainConfig
+from .train import parse_run_config, read_config_file
+
+SECTIONS = ("model", "train")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sweep", help="train and evaluate one run per value of a setting (paper Fig. 4)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, type=Path, help="the run config every point starts from")
+    p.add_argument("--set", dest="parameter", required=True, metavar="SECTION.KEY=V1,V2,...",
+                   help="the swept setting: SECTION is model or train, each value JSON (a bare word is a string)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per value per seed (default: 0)")
+    p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (plain lines in a log)")
+    return p
+
+
+def parse_parameter(text: str) -> tuple[str, str, list[Any]]:
+    """``"SECTION.KEY=V1,V2"`` -> ``(section, key, [v1, v2])``; commas inside brackets or quotes
+    belong to the value (``model.tubelet=[1,16,16],[2,16,16]``). Raises :class:`UsageError`."""
+    name, sep, values = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise UsageError(f"--set must be SECTION.KEY=V1,V2,..., got {text!r}")
+    if section not in SECTIONS:
+        raise UsageError(f"--set {name}: the section must be one of {', '.join(SECTIONS)}, got {section!r}")
+    fields = {"model": STPrivacyConfig, "train": TrainConfig}[section]
+    known = {f.name for f in dataclasses.fields(fields)}
+    if key not in known:
+        raise UsageError(f"--set {name}: {key!r} is not a {fields.__name__} field (known: {', '.join(sorted(known))})")
+    parsed = [_parse_value(item) for item in _split_top_level(values)]
+    if not parsed:
+        raise UsageError(f"--set {name}: no values given (expected {name}=V1,V2,...)")
+    labels = [_label(v) for v in parsed]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"--set {name}: a value is repeated ({values})")
+    return section, key, parsed
+
+
+def _split_top_level(text: str) -> list[str]:
+    items, depth, quoted, current = [], 0, False, ""
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in "[{":
+            depth += 1
+        elif not quoted and ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0 and not quoted:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    stripped = [item.strip() for item in items]
+    if stripped == [""]:
+        return []  # no values at all: the caller names the setting
+    if "" in stripped or depth != 0 or quoted:
+        raise UsageError(f"--set: cannot split {text!r} into values (an empty value, or an unclosed bracket or quote)")
+    return stripped
+
+
+def _parse_value(item: str) -> Any:
+    try:
+        return json.loads(item)
+    except json.JSONDecodeError:
+        return item  # a bare word: a string (train.privacy_adversary=entropy)
+
+
+def _label(value: Any) -> str:
+    """A value as a directory name and a table cell: ``[1, 16, 16]`` -> ``1x16x16``."""
+    if isinstance(value, list):
+        return "x".join(_label(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def point_configs(config: Path, section: str, key: str, values: list[Any], seeds: list[int]
+                  ) -> dict[tuple[str, int], dict[str, Any]]:
+    """``{(label, seed): run config}`` for every point, each checked as ``stprivacy train`` checks
+    a config (a bad value is one line naming it) before anything trains."""
+    base = read_config_file(config)
+    points = {}
+    for value in values:
+        for seed in seeds:
+            data = json.loads(json.dumps(base))
+            data.setdefault("model", {"preset": "small"})  # what a run config without one trains
+            data[section] = {**data.get(section, {}), key: value}
+            data.setdefault("train", {})["seed"] = seed
+            try:
+                parse_run_config(data, str(config))
+            except ConfigError as err:
+                raise UsageError(f"--set {section}.{key}={json.dumps(value)} is not valid: {err}") from err
+            points[(_label(value), seed)] = data
+    return points
+
+
+def _cached(out: Path, data: dict[str, Any], done: str, produce: Callable[[Path], None]) -> dict[str, Any]:
+    """``out/done`` of the run config ``data``: read back when a run of the same config finished
+    there, else made by ``produce(config_path)`` (``out/config.json`` is written first)."""
+    config = out / "config.json"
+    text = json.dumps(data, indent=2, sort_keys=True)
+    result = out / done
+    if config.is_file():
+        if config.read_text() != text:
+            raise UsageError(f"{out} holds a run of another config; remove it or choose another --out")
+        if result.is_file():
+            print(f"{out}: finished, not rerun")
+            return json.loads(result.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+    produce(config)
+    return json.loads(result.read_text())
+
+
+def _train_point(out: Path, extra: list[str]) -> Callable[[Path], None]:
+    def produce(config: Path) -> None:
+        from ..cli import main as cli_main  # the command, as a user runs it
+
+        if cli_main(["train", "--config", str(config), "--out", str(out), "--resume", *extra]) != 0:
+            raise UsageError(f"the run in {out} failed (its error is above)")
+    return produce
+
+
+def _raw_point(out: Path, source: str, progress: bool) -> Callable[[Path], None]:
+    """The unswept config's raw video through the attack protocol (``stprivacy evaluate``'s)."""
+    def produce(config: Path) -> None:
+        model_cfg, cfg = parse_run_config(json.loads(config.read_text()), source)
+        cfg = dataclasses.replace(cfg, progress=cfg.progress and progress)
+        train_set, test_set, _ = build_splits(cfg.dataset, model_cfg, cfg, None)
+        evaluation = evaluate_methods([baseline_method("raw", model_cfg, train_set, test_set)], model_cfg, cfg)
+        write_evaluation(evaluation, out)
+    return produce
+
+
+def _at_alpha(evaluation: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """The result at the model's deployment keep ratio (the first evaluated one when it is absent)."""
+    return evaluation.get(f"{alpha:g}") or next(iter(evaluation.values()))
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(points: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Per value (``labels`` order): median / min / max over seeds of top-1, cMAP and their margin."""
+    summary = {}
+    for label in labels:
+        mine = [p for p in points if p["value"] == label]
+        summary[label] = {"seeds": [p["seed"] for p in mine]} | {
+            metric: _spread([p[metric] for p in mine]) for metric in ("top1", "cmap", "margin")}
+    return summary
+
+
+def to_markdown(sweep: dict[str, Any]) -> str:
+    name = sweep["parameter"]
+    lines = [f"# Sweep of {name}", "",
+             f"`{sweep['command']}` at commit {sweep['commit']}, {sweep['machine']['cpu']}, {sweep['threads']} threads.",
+             f"Median (min to max) over seeds {', '.join(map(str, sweep['seeds']))}; percent; the margin is top-1 - cMAP.",
+             "", f"| {name} | top-1 | cMAP | top-1 - cMAP | per seed (top-1 / cMAP) |", "| --- | --- | --- | --- | --- |"]
+
+    def cell(s: dict[str, float]) -> str:
+        return f"{100 * s['median']:.1f} ({100 * s['min']:.1f} to {100 * s['max']:.1f})"
+
+    for label, s in {"raw video": sweep["raw"], **sweep["summary"]}.items():
+        seeds = [p for p in sweep["points"] if p["value"] == label] if label != "raw video" else sweep["raw_points"]
+        per_seed = ", ".join(f"{p['seed']}: {100 * p['top1']:.1f} / {100 * p['cmap']:.1f}" for p in seeds)
+        lines.append(f"| {label} | {cell(s['top1'])} | {cell(s['cmap'])} | {cell(s['margin'])} | {per_seed} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
+        raise UsageError(f"--seeds must be distinct integers >= 0, got {args.seeds}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out must be a directory, but {args.out} is a file")
+    section, key, values = parse_parameter(args.parameter)
+    points_cfg = point_configs(args.config, section, key, values, args.seeds)  # every point checked first
+    labels = [_label(v) for v in values]
+    commit = git_commit()
+    extra = ["--no-progress"] if args.no_progress else []
+    points = []
+    for (label, seed), data in points_cfg.items():
+        print(f"{section}.{key}={label}, seed {seed}")
+        point = args.out / f"{key}={label}" / f"seed_{seed}"
+        report = _cached(point, data, "report.json", _train_point(point, extra))
+        model_cfg, _ = parse_run_config(data, str(args.config))
+        r = _at_alpha(report["evaluation"], model_cfg.alpha)
+        points.append({"value": label, "seed": seed, "top1": r["top1"], "cmap": r["cmap"], "f1": r.get("f1"),
+                       "kept": r.get("kept"), "margin": r["top1"] - r["cmap"]})
+    raw_points = []
+    base = read_config_file(args.config)
+    for seed in args.seeds:
+        data = json.loads(json.dumps(base))
+        data.setdefault("train", {})["seed"] = seed
+        point = args.out / "raw" / f"seed_{seed}"
+        evaluation = _cached(point, data, "evaluation.json", _raw_point(point, str(args.config), not args.no_progress))
+        r = evaluation["rows"]["raw"]
+        raw_points.append({"seed": seed, "top1": r["top1"], "cmap": r["cmap"], "margin": r["top1"] - r["cmap"]})
+    sweep = {
+        "parameter": f"{section}.{key}", "values": values, "labels": labels, "seeds": list(args.seeds),
+        "points": points, "summary": summarize(points, labels), "raw_points": raw_points,
+        "raw": {metric: _spread([p[metric] for p in raw_points]) for metric in ("top1", "cmap", "margin")},
+        "command": "stprivacy " + " ".join(getattr(args, "argv", []) or ["sweep"]),
+        "commit": commit, "machine": machine(), "threads": torch.get_num_threads(),
+        "units": "top1, cmap, margin, f1 and kept are fractions in [0, 1]",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps(sweep, indent=2))
+    markdown = to_markdown(sweep)
+    (args.out / "sweep.md").write_text(markdown)
+    figure = viz.plot_sweep(sweep, args.out / "sweep.png")
+    print()
+    print(markdown)
+    print(f"wrote {args.out / 'sweep.json'}, {args.out / 'sweep.md'}, {figure}")
+    return 0
