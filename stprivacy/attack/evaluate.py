@@ -30,7 +30,10 @@ A row (``evaluation["rows"][name]``) keeps every attacker's result under ``"atta
 sums them up as the verdict module does: privacy (``cmap``, ``f1``, ``ap``, all per video) from
 the attacker that recovers more on the validation split carved from the training videos (higher
 validation cMAP: ``privacy_from``), ``top1`` from the video action recognizer that does better
-there (``top1_from``); the reported numbers are those attackers' test numbers. :mod:`stprivacy.attack.report` writes the table and the plot.
+there (``top1_from``); the reported numbers are those attackers' test numbers. A multi-label
+action task reports ``action_cmap`` / ``action_f1`` / ``action_ap`` instead of top-1 (``top1`` is
+None) and chooses its action recognizer by validation action cMAP. :mod:`stprivacy.attack.report`
+writes the table and the plot.
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ from ..train.protocol import dataset_sizes
 from .protocols import _frame_overrides, run_protocol
 from .report import write_evaluation
 from .seed_table import git_commit, machine
-from .verdict import ATTACKER_PROTOCOL, ATTACKERS, SELECTION_RULE
+from .metrics import task_score
+from .verdict import ACTION_KEYS, ATTACKER_PROTOCOL, ATTACKERS, selection_rule
 
 
 @dataclass
@@ -198,9 +202,10 @@ def _video_level_privacy(attacker: str, result: dict[str, Any]) -> tuple[float, 
 def summarize_attackers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One row from each attacker's result, chosen on the validation split
     (:data:`stprivacy.attack.verdict.SELECTION_RULE`): privacy from the attacker with the higher
-    per-video validation cMAP, top-1 from the video action recognizer with the higher validation
-    top-1 (None without a video attacker); ties go to the attacker named first. The row's numbers
-    are those attackers' test numbers."""
+    per-video validation cMAP, the action numbers from the video action recognizer with the higher
+    validation task score (top-1, or action cMAP for multi-label actions: ``action_cmap``,
+    ``action_f1``, ``action_ap``; None without a video attacker); ties go to the attacker named
+    first. The row's numbers are those attackers' test numbers."""
     order = list(results)
     missing = [a for a in order if "validation" not in results[a]]
     if missing:
@@ -208,9 +213,11 @@ def summarize_attackers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     privacy_from = max(order, key=lambda a: (_video_level_privacy(a, results[a]["validation"])[0], -order.index(a)))
     cmap, f1, ap = _video_level_privacy(privacy_from, results[privacy_from])
     video = [a for a in order if ATTACKER_PROTOCOL[a] == "video"]
-    top1_from = (max(video, key=lambda a: (results[a]["validation"]["top1"], -order.index(a))) if video else None)
-    return {"top1": results[top1_from]["top1"] if top1_from else None, "top1_from": top1_from,
-            "cmap": cmap, "f1": f1, "ap": ap, "privacy_from": privacy_from, "selection": SELECTION_RULE,
+    top1_from = (max(video, key=lambda a: (task_score(results[a]["validation"])[1], -order.index(a)))
+                 if video else None)
+    action = {"top1": None} if top1_from is None else {k: v for k, v in results[top1_from].items() if k in ACTION_KEYS}
+    return {**action, "top1_from": top1_from,
+            "cmap": cmap, "f1": f1, "ap": ap, "privacy_from": privacy_from, "selection": selection_rule(action),
             "kept": results[video[0]]["kept"] if video else None,
             "skipped": max(int(r.get("skipped", 0)) for r in results.values()), "attackers": results}
 
@@ -252,11 +259,14 @@ def evaluate_methods(methods: Sequence[Method], model_cfg: STPrivacyConfig, cfg:
             on_result(method.name, rows[method.name])
     evaluated_on = evaluated_on or cfg.dataset
     trained_on = trained_on or evaluated_on
+    multilabel = bool(getattr(methods[0].train_set, "multilabel_actions", False))
     return {
         "dataset": {"evaluated_on": evaluated_on, "trained_on": trained_on, "cross_dataset": trained_on != evaluated_on,
                     "attributes": list(getattr(methods[0].train_set, "attributes", ())) or
                     [f"attribute {i}" for i in range(num_attributes)],
-                    "num_classes": num_classes, "train_videos": max(r["videos"]["train"] for r in rows.values()),
+                    "num_classes": num_classes,
+                    "multilabel_actions": multilabel,
+                    "train_videos": max(r["videos"]["train"] for r in rows.values()),
                     "test_videos": max(r["videos"]["test"] for r in rows.values())},
         "attackers": list(attackers),
         "imagenet_vit": None if imagenet_vit is None else {"file": str(imagenet_vit), "loaded_parameters": loaded},
@@ -265,7 +275,8 @@ def evaluate_methods(methods: Sequence[Method], model_cfg: STPrivacyConfig, cfg:
         "config": {"model": model_cfg.to_dict(), "train": cfg.to_dict()},
         "commit": commit, "machine": machine(),
         "seconds": round(time.perf_counter() - t0, 1),
-        "units": "top1, f1, cmap, ap and kept are fractions in [0, 1]; cmap, f1 and ap of a row are per video",
+        "units": ("top1, f1, cmap, ap" + (", action_cmap, action_f1, action_ap" if multilabel else "")
+                  + " and kept are fractions in [0, 1]; cmap, f1 and ap of a row are per video"),
     }
 
 

@@ -15,10 +15,16 @@ curve is taken as flat at 0), and an attribute whose 2 TP + FP + FN is 0 (no pos
 nor in the prediction) has F1 = 0. Both still count in the mean. scikit-learn also warns in
 these cases; we return the same numbers silently.
 
+A multi-label action task (P-HVU's, paper Table 5: several actions per video, multi-hot labels)
+has no top-1: its actions are scored like the privacy attributes, by cMAP and macro F1 over the
+action classes (``action_cmap``, ``action_f1``, per class ``action_ap``), and ``top1`` is None.
+:func:`task_score` gives a result row's action score whichever kind it is.
+
 Values are fractions in [0, 1]; tables print them in percent.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -117,11 +123,35 @@ def privacy_f1(targets, logits, threshold: float = 0.5) -> float:
 
 def summarize(action_logits, actions, privacy_logits, privacy) -> dict[str, Any]:
     """The three numbers of a Table-1 row, as fractions: top1, f1, cmap; and ``ap``, the list of
-    per-attribute average precisions whose mean is cmap (which attribute leaks, and how much)."""
+    per-attribute average precisions whose mean is cmap (which attribute leaks, and how much).
+
+    ``actions`` of class indices (``Tensor[M]``) are scored by top-1; multi-hot actions
+    (``Tensor[M, K]``, a multi-label task) by ``action_cmap``, ``action_f1`` and ``action_ap``,
+    the privacy metrics' definitions over the action classes, with ``top1`` None.
+    """
     ap = average_precision(privacy, privacy_logits)
-    return {
-        "top1": top1(action_logits, actions),
-        "f1": privacy_f1(privacy, privacy_logits),
-        "cmap": float(np.mean(ap)),
-        "ap": [float(a) for a in ap],
-    }
+    row: dict[str, Any] = {"top1": None if _is_multi_hot(actions) else top1(action_logits, actions)}
+    row.update(f1=privacy_f1(privacy, privacy_logits), cmap=float(np.mean(ap)), ap=[float(a) for a in ap])
+    if _is_multi_hot(actions):
+        action_ap = average_precision(actions, action_logits)
+        row.update(action_cmap=float(np.mean(action_ap)), action_f1=privacy_f1(actions, action_logits),
+                   action_ap=[float(a) for a in action_ap])
+    return row
+
+
+def _is_multi_hot(actions) -> bool:
+    return np.ndim(actions) == 2
+
+
+# The result key of each kind of action score -> its name in tables and plots.
+TASK_SCORES = {"top1": "action top-1", "action_cmap": "action cMAP"}
+
+
+def task_score(row: Mapping[str, Any]) -> tuple[str, float | None]:
+    """``(key, value)`` of a result row's action score, the number the action task is judged by:
+    ``("action_cmap", ...)`` for a multi-label task (its rows carry that key), else ``("top1", ...)``.
+    The value is None where no action recognizer ran (a frame-only attack). The name to print is
+    ``TASK_SCORES[key]``; higher is better either way."""
+    if "action_cmap" in row:
+        return "action_cmap", row["action_cmap"]
+    return "top1", row.get("top1")

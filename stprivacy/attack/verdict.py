@@ -17,6 +17,12 @@ better one); ``privacy_from`` and ``top1_from`` name them. Which attacker that i
 set: every attacker trains on the rest of the training videos, is scored on the validation videos
 and on the test videos, and the row reports the test numbers of the attackers that did better on
 validation. The same rule holds for every row of every table (:data:`SELECTION_RULE`).
+
+A multi-label action task (its rows carry ``action_cmap``, see :func:`stprivacy.attack.metrics.task_score`)
+is judged by its action cMAP wherever a single-label one is judged by top-1: the action recognizer
+with the higher validation action cMAP gives the row's action numbers (``top1_from`` names it;
+``top1`` stays None), and the trade-off margin is action cMAP minus privacy cMAP
+(:data:`SELECTION_RULE_MULTILABEL`).
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from statistics import median
 from typing import Any
 
 import torch
+
+from .metrics import task_score
 
 ATTACKERS = ("pixels", "mask")  # what a video attacker of a method that drops tubelets sees
 # attacker name -> the protocol it runs (stprivacy.attack.evaluate, stprivacy.attack.protocols)
@@ -36,6 +44,17 @@ COMPETITIVE_POINTS = 10.0  # a baseline within this many top-1 points of raw is 
 SELECTION_RULE = ("attackers chosen on a validation split of the training videos: privacy from the attacker with "
                   "the higher validation cMAP, top-1 from the action recognizer with the higher validation top-1; "
                   "the test numbers of those are reported")
+SELECTION_RULE_MULTILABEL = ("attackers chosen on a validation split of the training videos: privacy from the "
+                             "attacker with the higher validation cMAP, the multi-label actions (cMAP, F1) from the "
+                             "action recognizer with the higher validation action cMAP; the test numbers of those are "
+                             "reported")
+# A row's action numbers, all from one action recognizer: top-1, or the multi-label scores.
+ACTION_KEYS = ("top1", "action_cmap", "action_f1", "action_ap")
+
+
+def selection_rule(row: Mapping[str, Any]) -> str:
+    """The sentence that says how ``row``'s attackers were chosen (by its kind of action task)."""
+    return SELECTION_RULE_MULTILABEL if task_score(row)[0] == "action_cmap" else SELECTION_RULE
 
 
 def split_validation(num_videos: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -75,9 +94,10 @@ def combine_attackers(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     """One row from the results of each attacker (``{"pixels": {...}, "mask": {...}}``), each
     holding its test metrics and, under ``"validation"``, its metrics on the validation split.
 
-    Privacy (cmap, f1, ap) comes from the attacker with the higher validation cMAP, top-1 from the
-    action recognizer with the higher validation top-1; ties go to the first attacker in
-    ``ATTACKERS`` order. The row's numbers are those attackers' test numbers.
+    Privacy (cmap, f1, ap) comes from the attacker with the higher validation cMAP, the action
+    numbers (top-1; or action cMAP, F1 and AP for multi-label actions) from the action recognizer
+    with the higher validation task score (:func:`~stprivacy.attack.metrics.task_score`); ties go
+    to the first attacker in ``ATTACKERS`` order. The row's numbers are those attackers' test numbers.
     """
     if not results:
         raise ValueError("results must hold at least one attacker's result")
@@ -89,15 +109,19 @@ def combine_attackers(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     if missing:
         raise ValueError(f"attackers {missing} have no validation metrics to be chosen by")
     privacy_from = max(order, key=lambda a: (results[a]["validation"]["cmap"], -order.index(a)))
-    top1_from = max(order, key=lambda a: (results[a]["validation"]["top1"], -order.index(a)))
+    top1_from = max(order, key=lambda a: (task_score(results[a]["validation"])[1], -order.index(a)))
     row = dict(results[privacy_from])
-    row["top1"] = results[top1_from]["top1"]
+    row.update(_action_numbers(results[top1_from]))
     # The row's validation numbers come from the same attackers as its test numbers, so that rows
     # can be combined again by the same rule (stprivacy.attack.evaluate.summarize_attackers).
-    row["validation"] = {**results[privacy_from]["validation"], "top1": results[top1_from]["validation"]["top1"]}
-    row.update(privacy_from=privacy_from, top1_from=top1_from, selection=SELECTION_RULE,
+    row["validation"] = {**results[privacy_from]["validation"], **_action_numbers(results[top1_from]["validation"])}
+    row.update(privacy_from=privacy_from, top1_from=top1_from, selection=selection_rule(row),
                attackers={a: {k: v for k, v in results[a].items() if k != "attackers"} for a in order})
     return row
+
+
+def _action_numbers(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: result[key] for key in ACTION_KEYS if key in result}
 
 
 def demo_target(rows: Mapping[str, Mapping[str, Any]], main: str, baselines: Iterable[str], raw: str = "raw"
@@ -129,9 +153,9 @@ def demo_target(rows: Mapping[str, Mapping[str, Any]], main: str, baselines: Ite
 
 
 def tradeoff_margin(row: Mapping[str, Any]) -> float:
-    """The scalar a trade-off is ranked by: top-1 minus cMAP, in points (action kept minus
-    privacy leaked; higher is better)."""
-    return _points(row["top1"]) - _points(row["cmap"])
+    """The scalar a trade-off is ranked by: the task score (top-1, or action cMAP for multi-label
+    actions) minus privacy cMAP, in points (action kept minus privacy leaked; higher is better)."""
+    return _points(task_score(row)[1]) - _points(row["cmap"])
 
 
 def ablation_finding(runs: list[Mapping[str, Mapping[str, Any]]], full: str, ablations: Iterable[str]

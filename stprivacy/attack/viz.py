@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .metrics import TASK_SCORES  # noqa: E402
+
 
 def _check_videos(**videos: Tensor) -> tuple[int, ...]:
     shapes = {name: tuple(v.shape) for name, v in videos.items()}
@@ -61,37 +63,42 @@ def plot_examples(raw: Tensor, sparsified: Tensor, anonymized: Tensor, path: str
 
 def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, Mapping[str, float]],
                   path: str | Path, *, title: str = "action vs privacy", highlight: Sequence[str] = (),
-                  curve_label: str = "STPrivacy (alpha)") -> Path:
-    """Action top-1 (x) against privacy cMAP (y) for STPrivacy over deployment keep ratios (a
-    line, each point labeled with its alpha) and for the baselines and ablations (points).
-    Lower-right is better: the action kept, the privacy removed.
+                  curve_label: str = "STPrivacy (alpha)", task: str = "top1") -> Path:
+    """The task score (x: action top-1, or action cMAP for multi-label actions) against privacy
+    cMAP (y) for STPrivacy over deployment keep ratios (a line, each point labeled with its alpha)
+    and for the baselines and ablations (points). Lower-right is better: the action kept, the
+    privacy removed.
 
     Args:
-        curve: ``[{"alpha": a, "top1": t, "cmap": c}, ...]`` as fractions.
-        baselines: ``{name: {"top1": t, "cmap": c}}`` as fractions.
+        curve: ``[{"alpha": a, task: t, "cmap": c}, ...]`` as fractions.
+        baselines: ``{name: {task: t, "cmap": c}}`` as fractions.
         path: PNG file to write.
         highlight: names among ``baselines`` to mark out (a user's method placed among them):
             a larger black-edged star, labeled beside the point.
         curve_label: the legend's name of the curve.
+        task: the key of the x value, ``"top1"`` or ``"action_cmap"``
+            (:func:`stprivacy.attack.metrics.task_score`).
     """
+    if task not in TASK_SCORES:
+        raise ValueError(f"task must be one of {sorted(TASK_SCORES)}, got {task!r}")
     # The legend sits right of the axes: with a dozen rows it would cover points inside them.
     fig, ax = plt.subplots(figsize=(8.0, 4.2))
     if curve:
         pts = sorted(curve, key=lambda p: p["alpha"])
-        ax.plot([100 * p["top1"] for p in pts], [100 * p["cmap"] for p in pts], "o-", color="tab:red",
+        ax.plot([100 * p[task] for p in pts], [100 * p["cmap"] for p in pts], "o-", color="tab:red",
                 label=curve_label)
         for p in pts:
-            ax.annotate(f"{p['alpha']:g}", (100 * p["top1"], 100 * p["cmap"]), textcoords="offset points",
+            ax.annotate(f"{p['alpha']:g}", (100 * p[task], 100 * p["cmap"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color="tab:red")
     markers = "sDv^<>pP*hX"
     for i, (name, p) in enumerate(baselines.items()):
         if name in highlight:
-            ax.scatter(100 * p["top1"], 100 * p["cmap"], marker="*", s=160, edgecolors="black", zorder=3, label=name)
-            ax.annotate(name, (100 * p["top1"], 100 * p["cmap"]), textcoords="offset points", xytext=(6, -10),
+            ax.scatter(100 * p[task], 100 * p["cmap"], marker="*", s=160, edgecolors="black", zorder=3, label=name)
+            ax.annotate(name, (100 * p[task], 100 * p["cmap"]), textcoords="offset points", xytext=(6, -10),
                         fontsize=7, fontweight="bold")
         else:
-            ax.scatter(100 * p["top1"], 100 * p["cmap"], marker=markers[i % len(markers)], s=40, label=name)
-    ax.set_xlabel("action top-1 (%)  higher is better")
+            ax.scatter(100 * p[task], 100 * p["cmap"], marker=markers[i % len(markers)], s=40, label=name)
+    ax.set_xlabel(f"{TASK_SCORES[task]} (%)  higher is better")
     ax.set_ylabel("privacy cMAP (%), stronger attacker; lower is better")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -102,11 +109,12 @@ def plot_tradeoff(curve: Sequence[Mapping[str, float]], baselines: Mapping[str, 
 
 def plot_sweep(sweep: Mapping, path: str | Path) -> Path:
     """Paper Figure 4's layout for one swept setting (``stprivacy sweep``'s ``sweep.json``): per
-    value, the median action top-1 (x) and privacy cMAP (y) over seeds, with their min-to-max
-    ranges as error bars, joined in the order of the values and labeled with them; raw video as a
-    black star (its median and range over the same seeds)."""
+    value, the median task score (x: action top-1, or action cMAP for multi-label actions, the
+    sweep's ``"task"``) and privacy cMAP (y) over seeds, with their min-to-max ranges as error
+    bars, joined in the order of the values and labeled with them; raw video as a black star (its
+    median and range over the same seeds)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    summary = sweep["summary"]
+    summary, task = sweep["summary"], sweep.get("task", "top1")
 
     def median_and_range(s: Mapping, metric: str) -> tuple[float, list[list[float]]]:
         m = 100 * s[metric]["median"]
@@ -114,17 +122,17 @@ def plot_sweep(sweep: Mapping, path: str | Path) -> Path:
 
     xs, ys = [], []
     for label in sweep["labels"]:
-        x, xerr = median_and_range(summary[label], "top1")
+        x, xerr = median_and_range(summary[label], task)
         y, yerr = median_and_range(summary[label], "cmap")
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color="tab:red", ecolor="tab:red", alpha=0.8, capsize=3)
         ax.annotate(f"{label}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8, color="tab:red")
         xs.append(x)
         ys.append(y)
     ax.plot(xs, ys, "-", color="tab:red", alpha=0.5, label=sweep["parameter"])
-    x, xerr = median_and_range(sweep["raw"], "top1")
+    x, xerr = median_and_range(sweep["raw"], task)
     y, yerr = median_and_range(sweep["raw"], "cmap")
     ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="*", markersize=12, color="black", capsize=3, label="raw video")
-    ax.set_xlabel("action top-1 (%)  higher is better")
+    ax.set_xlabel(f"{TASK_SCORES[task]} (%)  higher is better")
     ax.set_ylabel("privacy cMAP (%), stronger attacker; lower is better")
     seeds = sweep["seeds"]
     ax.set_title(f"sweep of {sweep['parameter']} (median over {len(seeds)} seed{'s' * (len(seeds) > 1)}, "

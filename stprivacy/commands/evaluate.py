@@ -37,6 +37,7 @@ from ..attack.evaluate import (
     folder_method,
     stprivacy_method,
 )
+from ..attack.metrics import task_score
 from ..attack.protocols import add_protocol_arguments
 from ..attack.report import to_markdown, write_evaluation
 from ..data.transformed import ON_MISSING
@@ -189,8 +190,10 @@ def _evaluate(args: argparse.Namespace, model: STPrivacy | None, learned: list[t
 
     def show(row_name: str, row: dict) -> None:
         if is_main():
-            top1 = "-" if row["top1"] is None else f"{100 * row['top1']:.1f}"
-            print(f"  {row_name}: top-1 {top1}, cMAP {100 * row['cmap']:.1f} ({row['privacy_from']} attacker)")
+            task, score = task_score(row)
+            shown = "-" if score is None else f"{100 * score:.1f}"
+            print(f"  {row_name}: {'action cMAP' if task == 'action_cmap' else 'top-1'} {shown}, "
+                  f"cMAP {100 * row['cmap']:.1f} ({row['privacy_from']} attacker)")
 
     attackers = attacker_names(args.protocol, imagenet=args.imagenet_vit is not None)
     evaluation = evaluate_methods(methods, model_cfg, cfg, attackers=attackers, imagenet_vit=args.imagenet_vit,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..attack import evaluate_methods
+from ..attack.metrics import task_score
 from ..attack.protocols import add_protocol_arguments, evaluate_with_protocol, format_results, uses_protocols
 from ..attack.report import to_markdown
 from ..errors import ConfigError, InputNotFoundError, UsageError
@@ -197,6 +198,14 @@ def build_datasets(model_cfg: STPrivacyConfig, cfg: TrainConfig):
 
 
 def print_results(results: dict[str, dict[str, Any]]) -> None:
+    """One line per keep ratio: the action score (top-1; multi-label actions: action cMAP and F1),
+    then privacy F1 and cMAP and the tubelets kept, in percent."""
+    if task_score(next(iter(results.values())))[0] == "action_cmap":
+        print(f"{'alpha':>6} {'action cMAP %':>13} {'action F1 %':>11} {'F1 %':>6} {'cMAP %':>7} {'kept %':>7}")
+        for alpha, r in results.items():
+            print(f"{alpha:>6} {100 * r['action_cmap']:13.1f} {100 * r['action_f1']:11.1f} {100 * r['f1']:6.1f} "
+                  f"{100 * r['cmap']:7.1f} {100 * r['kept']:7.1f}")
+        return
     print(f"{'alpha':>6} {'top-1 %':>8} {'F1 %':>6} {'cMAP %':>7} {'kept %':>7}")
     for alpha, r in results.items():
         print(f"{alpha:>6} {100 * r['top1']:8.1f} {100 * r['f1']:6.1f} {100 * r['cmap']:7.1f} {100 * r['kept']:7.1f}")

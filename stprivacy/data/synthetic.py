@@ -339,6 +339,7 @@ class SyntheticVideos(Dataset):
     """
 
     attributes = PRIVACY_ATTRIBUTES
+    multilabel_actions = False  # one motion direction per video
 
     def __init__(self, split: str = "train", num_videos: int = 512, seed: int = 0, **spec) -> None:
         if split not in _SPLIT_OFFSET:

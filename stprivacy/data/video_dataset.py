@@ -2,7 +2,8 @@
 
 A sample is ``(video, action, privacy)`` like the synthetic benchmark's: ``video`` is
 ``Tensor[3, T, S, S]`` in training and ``Tensor[V, 3, T, S, S]`` (V = clips x crops views, clip
-major) in testing, ``action`` an int, ``privacy`` ``Tensor[P]`` of 0/1. A file that cannot be
+major) in testing, ``action`` an int (or, for a dataset with ``multilabel_actions``, a float multi-hot
+``Tensor[num_classes]``), ``privacy`` ``Tensor[P]`` of 0/1. A file that cannot be
 decoded yields ``None`` with a warning and is counted; :func:`collate_videos` (the dataset's
 ``collate_fn``) drops it, so one broken video never stops an epoch. The count lives in shared
 memory, so the loads that DataLoader worker processes skip show up in the main process's
@@ -31,10 +32,11 @@ SUBSETS = ("train", "test")
 
 @dataclass(frozen=True)
 class VideoRecord:
-    """One labeled video file: ``privacy`` is ``Tensor[P]`` of 0/1 (empty when unlabeled)."""
+    """One labeled video file: ``action`` a class index, or a float multi-hot ``Tensor[K]`` for
+    multi-label actions; ``privacy`` is ``Tensor[P]`` of 0/1 (empty when unlabeled)."""
 
     path: Path
-    action: int
+    action: int | Tensor
     privacy: Tensor
 
 
@@ -88,14 +90,22 @@ def join_split(
     return records, report
 
 
-def collate_videos(samples: Sequence[tuple[Tensor, int, Tensor] | None]) -> tuple[Tensor, Tensor, Tensor] | None:
+def collate_videos(samples: Sequence[tuple[Tensor, int | Tensor, Tensor] | None]
+                   ) -> tuple[Tensor, Tensor, Tensor] | None:
     """DataLoader ``collate_fn``: stacks the decodable samples, dropping the ``None`` of skipped
-    ones; ``None`` when every sample of the batch was skipped (the loop then moves on)."""
+    ones; ``None`` when every sample of the batch was skipped (the loop then moves on).
+
+    The actions batch as ``Tensor[B]`` int64 class indices, or as ``Tensor[B, K]`` float32
+    multi-hot rows where the samples carry multi-label actions (the losses tell them apart by dtype).
+    """
     good = [s for s in samples if s is not None]
     if not good:
         return None
     video = torch.stack([s[0] for s in good])
-    action = torch.tensor([s[1] for s in good], dtype=torch.long)
+    if isinstance(good[0][1], Tensor):
+        action = torch.stack([s[1] for s in good]).float()
+    else:
+        action = torch.tensor([s[1] for s in good], dtype=torch.long)
     privacy = torch.stack([s[2] for s in good])
     return video, action, privacy
 
@@ -113,6 +123,9 @@ class VideoClipDataset(Dataset):
         train_short_side: the short side before the random training crop.
         attributes: names of the privacy attributes (for reports).
         classes: names of the action classes, by index.
+        multilabel_actions: each video may show several of the classes at once (P-HVU): its action
+            is a float multi-hot ``Tensor[num_classes]``, learned with BCE and scored by cMAP and F1
+            instead of top-1.
     """
 
     def __init__(
@@ -127,6 +140,7 @@ class VideoClipDataset(Dataset):
         train_short_side: int = 128,
         attributes: Sequence[str] = (),
         classes: Sequence[str] = (),
+        multilabel_actions: bool = False,
     ) -> None:
         if subset not in SUBSETS:
             raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
@@ -135,6 +149,7 @@ class VideoClipDataset(Dataset):
         self.clip_len, self.rate, self.crop_size = clip_len, rate, crop_size
         self.num_clips, self.num_crops, self.train_short_side = num_clips, num_crops, train_short_side
         self.attributes, self.classes = tuple(attributes), tuple(classes)
+        self.multilabel_actions = bool(multilabel_actions)
         # Shared memory: workers (forked or spawned) add to the counter the main process reads.
         self._skipped = multiprocessing.Value("i", 0)
 
@@ -146,7 +161,7 @@ class VideoClipDataset(Dataset):
         return VideoClipDataset(records, self.subset, clip_len=self.clip_len, rate=self.rate, crop_size=self.crop_size,
                                 num_clips=self.num_clips, num_crops=self.num_crops,
                                 train_short_side=self.train_short_side, attributes=self.attributes,
-                                classes=self.classes)
+                                classes=self.classes, multilabel_actions=self.multilabel_actions)
 
     @property
     def num_classes(self) -> int:
@@ -186,7 +201,7 @@ class VideoClipDataset(Dataset):
         # [clips, crops, 3, T, S, S] -> [clips * crops, 3, T, S, S]: views are clip-major.
         return torch.cat([eval_views(clip, self.crop_size, self.num_crops) for clip in frames])
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor] | None:
+    def __getitem__(self, index: int) -> tuple[Tensor, int | Tensor, Tensor] | None:
         record = self.records[index]
         try:
             video = self.load(index)

@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from ..model import STPrivacyConfig
 from ..model.layers import PIXEL_MEAN, PIXEL_STD
-from ..train.common import NormalizedRecognizer
+from ..train.common import NormalizedRecognizer, action_hits, action_loss
 from .learned import LearnedMethod, MethodConfig, MethodContext, register
 
 
@@ -243,12 +243,12 @@ def train_lossnet(config: CollectiveConfig, ctx: MethodContext) -> tuple[Normali
         total = correct = count = 0.0
         for video, action, _ in ctx.batches(epoch, f"collective lossnet {epoch + 1}/{config.lossnet_epochs}"):
             logits = lossnet(video)
-            loss = F.cross_entropy(logits, action)
+            loss = action_loss(logits, action)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(action)
-            correct += (logits.argmax(-1) == action).sum().item()
+            correct += action_hits(logits, action).sum().item()
             count += len(action)
         history["lossnet_ce"].append(total / count)
         history["lossnet_top1"].append(correct / count)
@@ -269,7 +269,8 @@ def collective_losses(anonymizer: nn.Module, lossnet: NormalizedRecognizer, laye
 
     Args:
         anonymizer: f. ``lossnet``: phi, frozen. ``layers``: the (style 1, style 2 = content) points.
-        video: ``Tensor[B, 3, T, H, W]`` in [0, 1]; ``action``: ``Tensor[B]`` class ids.
+        video: ``Tensor[B, 3, T, H, W]`` in [0, 1]; ``action``: ``Tensor[B]`` class ids (or ``Tensor[B, K]``
+            multi-hot: :func:`~stprivacy.train.common.action_loss`).
         noise_grams: per layer, ``Tensor[D, D]``, the Gram matrices of phi's features of N.
 
     Returns:
@@ -282,7 +283,7 @@ def collective_losses(anonymizer: nn.Module, lossnet: NormalizedRecognizer, laye
         logits = lossnet(anonymizer(video))
         content = content_loss(features[-1], content_target)
         style = style_loss(features, noise_grams)
-    usability = F.cross_entropy(logits, action)
+    usability = action_loss(logits, action)
     loss = config.lambda_content * content + config.lambda_style * style + config.lambda_usability * usability
     return {"content": content, "style": style, "usability": usability, "loss": loss}
 

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import STPrivacyConfig
+from ..train.common import action_loss
 from .learned import LearnedMethod, MethodConfig, MethodContext, register
 
 # RGB -> luma weights (ITU-R 601, what torchvision's rgb_to_grayscale uses).
@@ -384,7 +385,7 @@ def anonymizer_step(anonymizer: UNetAnonymizer, encoder: FrameEncoder, target: n
     in eval mode.
 
     Args:
-        video: ``Tensor[B, 3, T, H, W]``; action: ``Tensor[B]`` class ids.
+        video: ``Tensor[B, 3, T, H, W]``; action: ``Tensor[B]`` class ids (or ``Tensor[B, K]`` multi-hot).
         views: two ``Tensor[N, 3, H, W]`` views of the same N frames (raw, before f_A).
 
     Returns:
@@ -393,7 +394,7 @@ def anonymizer_step(anonymizer: UNetAnonymizer, encoder: FrameEncoder, target: n
     anonymizer.train(), encoder.eval(), target.eval()
     with _Frozen(encoder, target):
         ssl = nt_xent(encoder(anonymizer.frames(views[0])), encoder(anonymizer.frames(views[1])), config.temperature)
-        ce = F.cross_entropy(target(anonymizer(video)), action)
+        ce = action_loss(target(anonymizer(video)), action)
         loss = -ssl + config.action_weight * ce
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -421,7 +422,7 @@ def target_step(anonymizer: UNetAnonymizer, target: nn.Module, optimizer: torch.
     anonymizer.eval(), target.train()
     with torch.no_grad():
         anonymized = anonymizer(video)
-    loss = F.cross_entropy(target(anonymized), action)
+    loss = action_loss(target(anonymized), action)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -94,6 +94,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import STPrivacyConfig
+from ..train.common import action_hits, action_loss
 from .learned import LearnedMethod, MethodConfig, MethodContext, register
 
 # (convolutions, width multiplier) of the M budget models: different depths and widths, as the
@@ -363,7 +364,8 @@ def degradation_step(anonymizer: DegradationNet, target: nn.Module, budgets: nn.
     """One ``f_d`` update on ``L_T + gamma * L_B`` with ``f_T`` and the ``f_b`` fixed.
 
     Args:
-        video: ``Tensor[B, 3, T, H, W]`` in [0, 1]; action: ``Tensor[B]`` class indices.
+        video: ``Tensor[B, 3, T, H, W]`` in [0, 1]; action: ``Tensor[B]`` class indices (or ``Tensor[B, K]``
+            multi-hot, learned with BCE).
         frame_stride, offset: the frames the budget models see (:func:`subsample`).
 
     Returns:
@@ -372,7 +374,7 @@ def degradation_step(anonymizer: DegradationNet, target: nn.Module, budgets: nn.
     frames, bt = to_frames(video)
     with frozen(target, budgets):
         degraded = anonymizer.degrade_frames(frames)
-        loss_t = F.cross_entropy(target(from_frames(degraded, bt)), action)
+        loss_t = action_loss(target(from_frames(degraded, bt)), action)
         seen, seen_bt = subsample(degraded, bt, frame_stride, offset)
         loss_b = budget_adversary_loss([video_logits(b, seen, seen_bt) for b in budgets])
         loss = loss_t + gamma * loss_b
@@ -402,8 +404,8 @@ def target_update(target: nn.Module, optimizer: torch.optim.Optimizer, degraded_
     its accuracy on the batch is below ``threshold`` (above 1: always). Returns ``(loss, accuracy,
     updated)``, loss and accuracy before the update."""
     logits = target(degraded_video)
-    loss = F.cross_entropy(logits, action)
-    accuracy = (logits.argmax(dim=-1) == action).float().mean().item()
+    loss = action_loss(logits, action)
+    accuracy = action_hits(logits, action).float().mean().item()  # hit@1 for multi-label actions
     updated = accuracy < threshold
     if updated:
         optimizer.zero_grad(set_to_none=True)

@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError
 from ..model import STPrivacy
 from ..progress import progress_bar
-from .common import (backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss, score_function_term,
-                     set_lr, to_device)
+from .common import (action_loss, backbone_lr, clip_and_step, make_optimizer, privacy_adversary_loss,
+                     score_function_term, set_lr, to_device)
 from .config import TrainConfig, get_lr, sparsity_warmup
 from .distributed import (ResumableBatches, is_main, make_loader, micro_batches, resolve_device, shard_generator,
                           sync_gradients, usable_on_all_ranks)
@@ -223,7 +223,7 @@ def _initialization_loop(model: STPrivacy, action_rec: nn.Module, train_set: Dat
                     out = net(video, keep_ratio, score_scale=score_scale,
                               generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
                     loss_spars = _spars(out)
-                    action_per_clip = F.cross_entropy(rec(out.video, out.keep), action, reduction="none")
+                    action_per_clip = action_loss(rec(out.video, out.keep), action, reduction="none")
                     loss_action = action_per_clip.mean()
                     loss_keep = score_function_term(action_per_clip, out.keep_log_prob)
                 ((loss_spars + loss_action + loss_keep) / accum).backward()
@@ -302,8 +302,8 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
                 with autocast(cfg, device), torch.set_grad_enabled(learns):
                     out = net(video, generator=shard_generator(cfg.seed, PHASE_IDS[phase], progress.step, a))
                     loss_spars = _spars(out)
-                    per_clip = (cfg.lambda_action * F.cross_entropy(action_rec(out.video, out.keep), action,
-                                                                     reduction="none")
+                    per_clip = (cfg.lambda_action * action_loss(action_rec(out.video, out.keep), action,
+                                                                reduction="none")
                                 + cfg.lambda_privacy * privacy_adversary_loss(privacy_rec(out.video, out.keep),
                                                                               privacy, cfg.privacy_adversary,
                                                                               reduction="none"))
@@ -322,7 +322,7 @@ def _adversarial_loop(model: STPrivacy, action_rec: nn.Module, privacy_rec: nn.M
             for a, (video, keep, action, privacy) in enumerate(anonymized):
                 with sync_gradients(a == accum - 1, [rec_action, rec_privacy]):
                     with autocast(cfg, device):
-                        loss_rec_action = F.cross_entropy(rec_action(video, keep), action)
+                        loss_rec_action = action_loss(rec_action(video, keep), action)
                         loss_rec_privacy = F.binary_cross_entropy_with_logits(rec_privacy(video, keep), privacy)
                     ((loss_rec_action + loss_rec_privacy) / accum).backward()
                 step_values.add(loss_action=loss_rec_action, loss_privacy=loss_rec_privacy)

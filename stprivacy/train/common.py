@@ -1,4 +1,4 @@
-"""Small pieces the phases share: optimizers, recognizers, the privacy losses."""
+"""Small pieces the phases share: optimizers, recognizers, the action and privacy losses."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -113,6 +113,43 @@ def make_recognizer(model_cfg: STPrivacyConfig, cfg: TrainConfig, num_outputs: i
     if init is not None:
         load_pretrained_vit(recognizer.classifier, init)
     return recognizer
+
+
+def action_loss(logits: Tensor, action: Tensor, reduction: str = "mean") -> Tensor:
+    """The action recognizer's loss, for both kinds of action label; every loop that learns the
+    action calls it, so each works on single- and multi-label datasets alike.
+
+    Which kind is decided from the labels: integer class indices (one action per clip) take
+    cross-entropy over the softmax; float multi-hot rows (``multilabel_actions`` datasets, where a
+    clip may show several actions) take binary cross-entropy per class on the logits.
+
+    Args:
+        logits: ``Tensor[B, K]``.
+        action: ``Tensor[B]`` int64 class indices, or ``Tensor[B, K]`` float multi-hot.
+        reduction: ``"mean"`` (a scalar) or ``"none"`` (``Tensor[B]``, one value per clip: for
+            multi-hot labels the mean over the K classes).
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if not action.is_floating_point():
+        return F.cross_entropy(logits, action, reduction=reduction)
+    if action.shape != logits.shape:
+        raise ValueError(f"multi-hot actions must be shaped like the logits {tuple(logits.shape)}, "
+                         f"got {tuple(action.shape)}")
+    target = action.to(logits.dtype)
+    if reduction == "mean":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
+
+
+def action_hits(logits: Tensor, action: Tensor) -> Tensor:
+    """``Tensor[B]`` bool: whether each clip's highest-scoring class is one of its actions (top-1
+    for class indices; for multi-hot labels, hit@1), the training-time accuracy some methods
+    watch (VITA updates its target model below an accuracy threshold)."""
+    predicted = logits.argmax(dim=-1)
+    if not action.is_floating_point():
+        return predicted == action
+    return action.gather(1, predicted.unsqueeze(1)).squeeze(1) > 0.5
 
 
 def privacy_adversary_loss(logits: Tensor, privacy: Tensor, kind: str, reduction: str = "mean") -> Tensor:

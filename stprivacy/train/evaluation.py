@@ -3,8 +3,8 @@
 Freeze the anonymizer (any transform ``video -> (video, keep)``), transform the training and the
 test videos, train a FRESH action recognizer and a FRESH privacy recognizer from scratch on the
 transformed training videos, and report top-1, class-wise F1 and cMAP on the transformed test
-videos. A validation split of the training videos (``TrainConfig.validation_fraction``) is left
-out of the recognizers' training; where a method faces several attackers, their validation
+videos (a multi-label action task: action cMAP and F1 instead of top-1). A validation split of
+the training videos (``TrainConfig.validation_fraction``) is left out of the recognizers' training; where a method faces several attackers, their validation
 numbers choose which test numbers a row reports (:mod:`stprivacy.attack.verdict`). Recognizers that start from scratch are the point: a privacy attacker who trains on
 anonymized data is stronger than one that was trained on raw data.
 """
@@ -27,7 +27,7 @@ from ..attack.verdict import check_attackers, combine_attackers, split_validatio
 from ..model import STPrivacy, STPrivacyConfig
 from ..progress import progress_bar
 from .checkpoint import load_latest, rng_state, save_rotating, set_rng_state
-from .common import clip_and_step, make_optimizer, make_recognizer, set_lr
+from .common import action_loss, clip_and_step, make_optimizer, make_recognizer, set_lr
 from .config import TrainConfig, get_lr
 from .distributed import (ResumableBatches, all_reduce_mean, gather_rows, is_main, make_loader, micro_batches,
                           resolve_device, shard_range, usable_on_all_ranks)
@@ -190,7 +190,7 @@ def fit_recognizers(train_data: TensorDataset, model_cfg: STPrivacyConfig, cfg: 
                 video, action, privacy = video.to(device), action.to(device), privacy.to(device)
                 keep = keep.to(device) if keep.dim() > 1 else None
                 with autocast(cfg, device):
-                    loss_action = F.cross_entropy(rec_action(video, keep), action)
+                    loss_action = action_loss(rec_action(video, keep), action)
                     loss_privacy = F.binary_cross_entropy_with_logits(rec_privacy(video, keep), privacy)
                 ((loss_action + loss_privacy) / accum).backward()  # disjoint parameters: one backward serves both
                 step_values.add(loss_action=loss_action, loss_privacy=loss_privacy)
@@ -247,14 +247,14 @@ def split_for_validation(dataset: Dataset, cfg: TrainConfig) -> tuple[Dataset, D
     validation videos that choose the attackers): :func:`stprivacy.attack.verdict.split_validation`
     with ``cfg``'s fraction and seed. A :class:`TensorDataset` is split into two TensorDatasets,
     anything else into Subsets; both parts keep what the dataset declares (``collate_fn``,
-    ``num_classes``, ``num_attributes``, ``attributes``)."""
+    ``num_classes``, ``num_attributes``, ``attributes``, ``multilabel_actions``)."""
     fit, val = split_validation(len(dataset), cfg.validation_fraction, cfg.seed)
     if isinstance(dataset, TensorDataset):
         parts = tuple(TensorDataset(*(t[idx] for t in dataset.tensors)) for idx in (fit, val))
     else:
         parts = (Subset(dataset, fit), Subset(dataset, val))
     for part in parts:
-        for name in ("collate_fn", "num_classes", "num_attributes", "attributes"):
+        for name in ("collate_fn", "num_classes", "num_attributes", "attributes", "multilabel_actions"):
             if hasattr(dataset, name):
                 setattr(part, name, getattr(dataset, name))
     return parts
