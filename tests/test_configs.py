@@ -12,7 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"
 def test_example_config_parses(path):
     model, train = load_run_config(path)
     assert model.frames % model.tubelet[0] == 0
-    assert train.dataset in ("synthetic", "hmdb51", "ucf101")
+    assert train.dataset in ("synthetic", "hmdb51", "ucf101", "folder_csv")
 
 
 def test_configs_exist():
