@@ -142,6 +142,33 @@ def test_verdict_chooses_the_action_recognizer_by_validation_action_cmap():
     assert tradeoff_margin(row) == pytest.approx(10.0)  # action cMAP - privacy cMAP, in points
 
 
+def test_in_memory_evaluation_and_train_table_of_a_multilabel_task(capsys):
+    """The in-memory protocol (``stprivacy train`` on data held in memory) learns and scores
+    multi-hot actions too, and the train command's table prints their cMAP and F1."""
+    from stprivacy.commands.train import print_results
+    from stprivacy.model import STPrivacyConfig
+    from stprivacy.train import TrainConfig, baseline_transform, evaluate_anonymizer
+
+    g = torch.Generator().manual_seed(0)
+    model_cfg = STPrivacyConfig.small()
+
+    def data(n: int) -> torch.utils.data.TensorDataset:
+        actions = (torch.rand(n, 3, generator=g) < 0.5).float()
+        actions[:, 0] = 1 - actions[:, 1]  # at least one action per clip
+        return torch.utils.data.TensorDataset(torch.rand(n, 3, model_cfg.frames, 32, 32, generator=g), actions,
+                                              (torch.rand(n, 2, generator=g) < 0.5).float())
+
+    cfg = TrainConfig(batch_size=4, eval_epochs=1, progress=False, recognizer={"embed_dim": 24, "num_heads": 2,
+                                                                               "depth": 1})
+    row = evaluate_anonymizer(baseline_transform(lambda video: video), data(10), data(6), model_cfg, cfg,
+                              num_classes=3, num_attributes=2)
+    assert row["top1"] is None and 0 <= row["action_cmap"] <= 1 and 0 <= row["action_f1"] <= 1
+    print_results({"0.7": row})
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["alpha", "action", "cMAP", "%", "action"] and "top-1" not in header
+    assert line.split()[1] == f"{100 * row['action_cmap']:.1f}"
+
+
 def _check_row(row: dict) -> None:
     assert row["top1"] is None
     assert 0 <= row["action_cmap"] <= 1 and 0 <= row["action_f1"] <= 1 and len(row["action_ap"]) == len(ACTIONS)
