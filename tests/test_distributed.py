@@ -77,7 +77,8 @@ def test_batch_must_split_evenly():
 
 
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
-    config = write_config(tmp_path / "run.json")
+    # With the reconstruction start too: its loss leaves the keep predictors out, which DDP must allow.
+    config = write_config(tmp_path / "run.json", reconstruction_epochs=1)
     torchrun = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "stprivacy.cli", "train", "--config", str(config), "--out", str(tmp_path / "ddp")],
@@ -89,6 +90,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     ddp, single = read_csv(tmp_path / "ddp" / "metrics.csv"), read_csv(tmp_path / "single" / "metrics.csv")
     assert ddp.keys() == single.keys()
     assert ("initialization", "loss_action") in ddp and ("adversarial", "loss_privacy") in ddp
+    assert ("reconstruction", "loss_reconstruction") in ddp
     assert ("evaluation/stprivacy alpha=0.7 [mask]", "loss_privacy") in ddp  # phase 3: fresh recognizers per attacker
     assert ("evaluation/stprivacy alpha=0.7 [pixels]", "loss_privacy") in ddp
     for key in ddp:

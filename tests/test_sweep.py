@@ -37,6 +37,7 @@ def test_sweep_runs_every_point_writes_table_plot_and_skips_finished_points(tmp_
         values = [p["top1"] for p in sweep["points"] if p["value"] == label]
         assert s["top1"]["min"] == min(values) and s["top1"]["max"] == max(values)
     assert [p["seed"] for p in sweep["raw_points"]] == [0, 1]
+    assert {p["commit"] for p in sweep["points"] + sweep["raw_points"]} == {sweep["commit"]}  # each point says its code
     markdown = (out / "sweep.md").read_text()
     assert "| raw video |" in markdown and "| 0.25 |" in markdown and sweep["commit"] in markdown
     assert (out / "sweep.png").stat().st_size > 10_000

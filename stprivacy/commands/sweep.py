@@ -135,22 +135,29 @@ def point_configs(config: Path, section: str, key: str, values: list[Any], seeds
     return points
 
 
-def _cached(out: Path, data: dict[str, Any], done: str, produce: Callable[[Path], None]) -> dict[str, Any]:
+def _cached(out: Path, data: dict[str, Any], done: str, produce: Callable[[Path], None], code: str
+            ) -> dict[str, Any]:
     """``out/done`` of the run config ``data``: read back when a run of the same config finished
-    there, else made by ``produce(config_path)`` (``out/config.json`` is written first)."""
+    there, else made by ``produce(config_path)`` (``out/config.json`` is written first, and
+    ``out/commit.txt``, ``code``: the commit of the code that makes it)."""
     config = out / "config.json"
     text = json.dumps(data, indent=2, sort_keys=True)
-    result = out / done
+    result, commit = out / done, out / "commit.txt"
     if config.is_file():
         if config.read_text() != text:
             raise UsageError(f"{out} holds a run of another config; remove it or choose another --out")
         if result.is_file():
             print(f"{out}: finished, not rerun")
-            return json.loads(result.read_text())
+            return {**json.loads(result.read_text()), "sweep_commit": _read_commit(commit)}
     out.mkdir(parents=True, exist_ok=True)
     config.write_text(text)
+    commit.write_text(code + "\n")  # a later rerun of the sweep may run other code: each point says its own
     produce(config)
-    return json.loads(result.read_text())
+    return {**json.loads(result.read_text()), "sweep_commit": _read_commit(commit)}
+
+
+def _read_commit(path: Path) -> str:
+    return path.read_text().strip() if path.is_file() else "unknown"
 
 
 def _train_point(out: Path, extra: list[str]) -> Callable[[Path], None]:
@@ -195,7 +202,9 @@ def summarize(points: list[dict[str, Any]], labels: list[str]) -> dict[str, dict
 def to_markdown(sweep: dict[str, Any]) -> str:
     name = sweep["parameter"]
     lines = [f"# Sweep of {name}", "",
-             f"`{sweep['command']}` at commit {sweep['commit']}, {sweep['machine']['cpu']}, {sweep['threads']} threads.",
+             f"`{sweep['command']}`, commit {sweep['commit']} (the points ran at "
+             f"{', '.join(sorted({p['commit'] for p in sweep['points'] + sweep['raw_points']}))}), "
+             f"{sweep['machine']['cpu']}, {sweep['threads']} threads.",
              f"Median (min to max) over seeds {', '.join(map(str, sweep['seeds']))}; percent; the margin is top-1 - cMAP.",
              "", f"| {name} | top-1 | cMAP | top-1 - cMAP | per seed (top-1 / cMAP) |", "| --- | --- | --- | --- | --- |"]
 
@@ -221,26 +230,28 @@ def run(args: argparse.Namespace) -> int:
     section, key, values = parse_parameter(args.parameter)
     points_cfg = point_configs(args.config, section, key, values, args.seeds)  # every point checked first
     labels = [_label(v) for v in values]
-    commit = git_commit()
+    commit = git_commit()  # read before anything runs: later edits of the checkout do not change this process's code
     extra = ["--no-progress"] if args.no_progress else []
     points = []
     for (label, seed), data in points_cfg.items():
         print(f"{section}.{key}={label}, seed {seed}")
         point = args.out / f"{key}={label}" / f"seed_{seed}"
-        report = _cached(point, data, "report.json", _train_point(point, extra))
+        report = _cached(point, data, "report.json", _train_point(point, extra), commit)
         model_cfg, _ = parse_run_config(data, str(args.config))
         r = _at_alpha(report["evaluation"], model_cfg.alpha)
         points.append({"value": label, "seed": seed, "top1": r["top1"], "cmap": r["cmap"], "f1": r.get("f1"),
-                       "kept": r.get("kept"), "margin": r["top1"] - r["cmap"]})
+                       "kept": r.get("kept"), "margin": r["top1"] - r["cmap"], "commit": report["sweep_commit"]})
     raw_points = []
     base = read_config_file(args.config)
     for seed in args.seeds:
         data = json.loads(json.dumps(base))
         data.setdefault("train", {})["seed"] = seed
         point = args.out / "raw" / f"seed_{seed}"
-        evaluation = _cached(point, data, "evaluation.json", _raw_point(point, str(args.config), not args.no_progress))
+        evaluation = _cached(point, data, "evaluation.json", _raw_point(point, str(args.config), not args.no_progress),
+                             commit)
         r = evaluation["rows"]["raw"]
-        raw_points.append({"seed": seed, "top1": r["top1"], "cmap": r["cmap"], "margin": r["top1"] - r["cmap"]})
+        raw_points.append({"seed": seed, "top1": r["top1"], "cmap": r["cmap"], "margin": r["top1"] - r["cmap"],
+                           "commit": evaluation["sweep_commit"]})
     sweep = {
         "parameter": f"{section}.{key}", "values": values, "labels": labels, "seeds": list(args.seeds),
         "points": points, "summary": summarize(points, labels), "raw_points": raw_points,
