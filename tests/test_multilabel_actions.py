@@ -169,6 +169,30 @@ def test_in_memory_evaluation_and_train_table_of_a_multilabel_task(capsys):
     assert line.split()[1] == f"{100 * row['action_cmap']:.1f}"
 
 
+def test_sweep_summarizes_and_plots_a_multilabel_task_by_action_cmap(tmp_path):
+    from stprivacy.attack.viz import plot_sweep
+    from stprivacy.commands import sweep
+
+    def row(action_cmap: float, cmap: float) -> dict:
+        return {"top1": None, "action_cmap": action_cmap, "action_f1": 0.5, "cmap": cmap, "f1": 0.5}
+
+    points = [{"value": v, "seed": s, **sweep.scores(row(a, c)), "commit": "abc"}
+              for v, s, a, c in [("0.5", 0, 0.6, 0.4), ("0.5", 1, 0.8, 0.5), ("1", 0, 0.7, 0.3)]]
+    assert points[0]["top1"] is None and points[0]["margin"] == pytest.approx(0.2)
+    raw = [{"seed": 0, **sweep.scores(row(0.9, 0.8)), "commit": "abc"}]
+    summary = sweep.summarize(points, ["0.5", "1"], "action_cmap")
+    assert summary["0.5"]["action_cmap"] == {"median": 0.7, "min": 0.6, "max": 0.8} and "top1" not in summary["0.5"]
+    table = {"parameter": "train.lambda_privacy", "task": "action_cmap", "labels": ["0.5", "1"], "seeds": [0, 1],
+             "points": points, "summary": summary, "raw_points": raw,
+             "raw": {m: {"median": raw[0][m], "min": raw[0][m], "max": raw[0][m]} for m in ("action_cmap", "cmap",
+                                                                                             "margin")},
+             "command": "stprivacy sweep", "commit": "abc", "machine": {"cpu": "cpu"}, "threads": 1}
+    markdown = sweep.to_markdown(table)
+    assert "| train.lambda_privacy | action cMAP | cMAP | action cMAP - cMAP |" in markdown and "top-1" not in markdown
+    assert "| 0.5 | 70.0 (60.0 to 80.0) |" in markdown
+    assert plot_sweep(table, tmp_path / "sweep.png").stat().st_size > 10_000
+
+
 def _check_row(row: dict) -> None:
     assert row["top1"] is None
     assert 0 <= row["action_cmap"] <= 1 and 0 <= row["action_f1"] <= 1 and len(row["action_ap"]) == len(ACTIONS)

@@ -1,8 +1,9 @@
 """``stprivacy sweep --config RUN.json --set SECTION.KEY=V1,V2,...``: one run per value, one plot.
 
 Paper Figure 4 sweeps one setting at a time (the training keep ratio alpha, the tubelet length
-dT, lambda_A, lambda_P) and plots each run's action top-1 against its privacy cMAP. This command
-does that for any run config (``stprivacy train``'s) and any of its fields:
+dT, lambda_A, lambda_P) and plots each run's action top-1 against its privacy cMAP (a multi-label
+action task: its action cMAP, :func:`stprivacy.attack.metrics.task_score`). This command does that
+for any run config (``stprivacy train``'s) and any of its fields:
 
     stprivacy sweep --config configs/synthetic_paper.json --set train.lambda_privacy=0.25,0.5,1 --seeds 0 1 2
     stprivacy sweep --config configs/synthetic_small.json --set model.tubelet=[1,16,16],[2,16,16],[4,16,16]
@@ -31,6 +32,7 @@ import torch
 
 from ..attack import viz
 from ..attack.evaluate import baseline_method, build_splits, evaluate_methods
+from ..attack.metrics import task_score
 from ..attack.report import write_evaluation
 from ..attack.seed_table import git_commit, machine
 from ..errors import ConfigError, UsageError
@@ -39,6 +41,7 @@ from ..train import TrainConfig
 from .train import parse_run_config, read_config_file
 
 SECTIONS = ("model", "train")
+TASK_HEADERS = {"top1": "top-1", "action_cmap": "action cMAP"}  # the task score's column in sweep.md
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -189,32 +192,43 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def summarize(points: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
-    """Per value (``labels`` order): median / min / max over seeds of top-1, cMAP and their margin."""
+def summarize(points: list[dict[str, Any]], labels: list[str], task: str = "top1") -> dict[str, dict[str, Any]]:
+    """Per value (``labels`` order): median / min / max over seeds of the task score (``task``:
+    "top1", or "action_cmap" for multi-label actions), cMAP and their margin."""
     summary = {}
     for label in labels:
         mine = [p for p in points if p["value"] == label]
         summary[label] = {"seeds": [p["seed"] for p in mine]} | {
-            metric: _spread([p[metric] for p in mine]) for metric in ("top1", "cmap", "margin")}
+            metric: _spread([p[metric] for p in mine]) for metric in (task, "cmap", "margin")}
     return summary
 
 
+def scores(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row's numbers in a sweep point: ``top1`` (None for a multi-label task, whose action
+    cMAP ``action_cmap`` follows it), ``cmap`` and ``margin``, the task score minus cMAP."""
+    task, score = task_score(row)
+    return {"top1": row.get("top1"), **({} if task == "top1" else {task: score}), "cmap": row["cmap"],
+            "margin": score - row["cmap"]}
+
+
 def to_markdown(sweep: dict[str, Any]) -> str:
-    name = sweep["parameter"]
+    name, task = sweep["parameter"], sweep.get("task", "top1")
+    score = TASK_HEADERS[task]
     lines = [f"# Sweep of {name}", "",
              f"`{sweep['command']}`, commit {sweep['commit']} (the points ran at "
              f"{', '.join(sorted({p['commit'] for p in sweep['points'] + sweep['raw_points']}))}), "
              f"{sweep['machine']['cpu']}, {sweep['threads']} threads.",
-             f"Median (min to max) over seeds {', '.join(map(str, sweep['seeds']))}; percent; the margin is top-1 - cMAP.",
-             "", f"| {name} | top-1 | cMAP | top-1 - cMAP | per seed (top-1 / cMAP) |", "| --- | --- | --- | --- | --- |"]
+             f"Median (min to max) over seeds {', '.join(map(str, sweep['seeds']))}; percent; the margin is {score} - cMAP.",
+             "", f"| {name} | {score} | cMAP | {score} - cMAP | per seed ({score} / cMAP) |",
+             "| --- | --- | --- | --- | --- |"]
 
     def cell(s: dict[str, float]) -> str:
         return f"{100 * s['median']:.1f} ({100 * s['min']:.1f} to {100 * s['max']:.1f})"
 
     for label, s in {"raw video": sweep["raw"], **sweep["summary"]}.items():
         seeds = [p for p in sweep["points"] if p["value"] == label] if label != "raw video" else sweep["raw_points"]
-        per_seed = ", ".join(f"{p['seed']}: {100 * p['top1']:.1f} / {100 * p['cmap']:.1f}" for p in seeds)
-        lines.append(f"| {label} | {cell(s['top1'])} | {cell(s['cmap'])} | {cell(s['margin'])} | {per_seed} |")
+        per_seed = ", ".join(f"{p['seed']}: {100 * p[task]:.1f} / {100 * p['cmap']:.1f}" for p in seeds)
+        lines.append(f"| {label} | {cell(s[task])} | {cell(s['cmap'])} | {cell(s['margin'])} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,8 +253,10 @@ def run(args: argparse.Namespace) -> int:
         report = _cached(point, data, "report.json", _train_point(point, extra), commit)
         model_cfg, _ = parse_run_config(data, str(args.config))
         r = _at_alpha(report["evaluation"], model_cfg.alpha)
-        points.append({"value": label, "seed": seed, "top1": r["top1"], "cmap": r["cmap"], "f1": r.get("f1"),
-                       "kept": r.get("kept"), "margin": r["top1"] - r["cmap"], "commit": report["sweep_commit"]})
+        numbers = scores(r)
+        margin = numbers.pop("margin")
+        points.append({"value": label, "seed": seed, **numbers, "f1": r.get("f1"), "kept": r.get("kept"),
+                       "margin": margin, "commit": report["sweep_commit"]})
     raw_points = []
     base = read_config_file(args.config)
     for seed in args.seeds:
@@ -249,16 +265,17 @@ def run(args: argparse.Namespace) -> int:
         point = args.out / "raw" / f"seed_{seed}"
         evaluation = _cached(point, data, "evaluation.json", _raw_point(point, str(args.config), not args.no_progress),
                              commit)
-        r = evaluation["rows"]["raw"]
-        raw_points.append({"seed": seed, "top1": r["top1"], "cmap": r["cmap"], "margin": r["top1"] - r["cmap"],
-                           "commit": evaluation["sweep_commit"]})
+        raw_points.append({"seed": seed, **scores(evaluation["rows"]["raw"]), "commit": evaluation["sweep_commit"]})
+    task = task_score(points[0])[0]  # one dataset, one kind of action task for every point
     sweep = {
         "parameter": f"{section}.{key}", "values": values, "labels": labels, "seeds": list(args.seeds),
-        "points": points, "summary": summarize(points, labels), "raw_points": raw_points,
-        "raw": {metric: _spread([p[metric] for p in raw_points]) for metric in ("top1", "cmap", "margin")},
+        "task": task, "points": points, "summary": summarize(points, labels, task), "raw_points": raw_points,
+        "raw": {metric: _spread([p[metric] for p in raw_points]) for metric in (task, "cmap", "margin")},
         "command": "stprivacy " + " ".join(getattr(args, "argv", []) or ["sweep"]),
         "commit": commit, "machine": machine(), "threads": torch.get_num_threads(),
-        "units": "top1, cmap, margin, f1 and kept are fractions in [0, 1]",
+        "units": "top1, cmap, margin, f1 and kept are fractions in [0, 1]" + (
+            "; action_cmap too, the task score of a multi-label action task (margin = action_cmap - cmap)"
+            if task == "action_cmap" else ""),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.json").write_text(json.dumps(sweep, indent=2))
