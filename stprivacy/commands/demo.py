@@ -107,11 +107,11 @@ RECIPE_TRAIN = dict(sparsity_hold_epochs=6, sparsity_ramp_epochs=6, initializati
 RECIPE_NOTE = ("stpriv's options: " + ", ".join(f"{k}={v}" for k, v in {**RECIPE_MODEL, **RECIPE_TRAIN}.items()))
 # The paper row at the demo's scale. The paper starts every block from an ImageNet ViT-S, whose
 # features carry the pixels the PAB's head decodes; there is none at this size, and from random
-# weights the head is a random projection on which phase 1 never learns the action (its loss stays
-# at ln 4 for 48 epochs, with the learning rate x0.3, x1, x4). Learning to reproduce the training
+# weights the head is a random projection on which phase 1 does not learn the action (its loss
+# stays at ln 4 at the demo's learning rate and at 0.3 of it). Learning to reproduce the training
 # videos first (TrainConfig.reconstruction_epochs, stpriv's) stands in for that start; the
-# reconstruction then survives phase 1 only at a lower rate (x0.3 of the demo's).
-# docs/demo_results.md measures both.
+# reconstruction then survives phase 1 only at the lower rate. benchmarks/paper_row_start.py
+# measures the four combinations (docs/demo_results.md, "The paper row's start").
 PAPER_SCALE_TRAIN = dict(reconstruction_epochs=20, base_lr=0.015)
 PAPER_NOTE = ("the paper's equations with the release's model: straight-through Gumbel-softmax keep decisions, "
               "L_spars, the pixel-decoder PAB trained in both phases, -L_privacy with lambda_A = lambda_P = 0.5; "

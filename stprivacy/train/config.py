@@ -41,8 +41,8 @@ class TrainConfig:
             many epochs to reproduce its training videos (mean squared error, every tubelet kept,
             the predictors unused), at the run's learning rate and schedule. Why: the paper's PAB
             decodes from ImageNet ViT-S features, which carry the pixels; from random weights its
-            pixel head is a random projection, and at the demo's scale phase 1 then never learns
-            the action (the action loss stays at ln 4 for 48 epochs, docs/demo_results.md).
+            pixel head is a random projection, and at the demo's scale phase 1 then does not learn
+            the action (its loss stays at ln 4; benchmarks/paper_row_start.py, docs/demo_results.md).
         sparsity_hold_epochs, sparsity_ramp_epochs: phase 1's warm-up of the sparsification:
             the predictors have no say for ``sparsity_hold_epochs``, then take over linearly
             over ``sparsity_ramp_epochs``. With the model's "gumbel_topk" sampler the hold keeps
