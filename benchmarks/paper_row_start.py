@@ -48,13 +48,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a change applied to every variant, as stprivacy demo --set takes it")
+    parser.add_argument("--variants", nargs="+", type=int, default=list(range(len(VARIANTS))),
+                        help="which variants to run, by position in the list above (default: all four)")
     args = parser.parse_args()
+    if any(not 0 <= v < len(VARIANTS) for v in args.variants):
+        parser.error(f"--variants must be in 0..{len(VARIANTS) - 1}, got {args.variants}")
     torch.set_num_threads(args.threads)
-    print(f"commit {git_commit()}, {machine()['cpu']}, {args.threads} threads; ln 4 = {math.log(4):.3f}")
+    changes = f", with {' '.join(args.overrides)}" if args.overrides else ""
+    print(f"commit {git_commit()}, {machine()['cpu']}, {args.threads} threads{changes}; ln 4 = {math.log(4):.3f}")
     print("| variant | seed | phase-1 action loss, last (lowest) | phase-2 action loss, last | kept | s |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, variant in VARIANTS.items():
+    for index, (name, variant) in enumerate(VARIANTS.items()):
+        if index not in args.variants:
+            continue
         for seed in args.seeds:
             r = probe(seed, [*variant, *args.overrides])
             print(f"| {name} | {seed} | {r['init_last']:.3f} ({r['init_min']:.3f}) | {r['adv_last']:.3f} | "
