@@ -40,6 +40,13 @@ def test_sweep_runs_every_point_writes_table_plot_and_skips_finished_points(tmp_
     assert {p["commit"] for p in sweep["points"] + sweep["raw_points"]} == {sweep["commit"]}  # each point says its code
     markdown = (out / "sweep.md").read_text()
     assert "| raw video |" in markdown and "| 0.25 |" in markdown and sweep["commit"] in markdown
+    # The per-attribute table: one AP column per attribute of the dataset, each cell the median over seeds.
+    attributes = sweep["attributes"]
+    assert attributes and all(len(p["ap"]) == len(attributes) for p in sweep["points"] + sweep["raw_points"])
+    assert "| train.lambda_privacy | " + " | ".join(f"AP {a}" for a in attributes) + " | kept |" in markdown
+    row = next(line for line in markdown.splitlines()[::-1] if line.startswith("| 0.25 |")).split(" | ")
+    first = sorted(p["ap"][0] for p in sweep["points"] if p["value"] == "0.25")
+    assert float(row[1]) == pytest.approx(100 * (first[0] + first[1]) / 2, abs=0.051)  # the median of two seeds
     assert (out / "sweep.png").stat().st_size > 10_000
 
     # A point whose report was lost is run again (its checkpoints resume), the others are not.

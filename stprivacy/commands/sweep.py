@@ -229,6 +229,18 @@ def to_markdown(sweep: dict[str, Any]) -> str:
         seeds = [p for p in sweep["points"] if p["value"] == label] if label != "raw video" else sweep["raw_points"]
         per_seed = ", ".join(f"{p['seed']}: {100 * p[task]:.1f} / {100 * p['cmap']:.1f}" for p in seeds)
         lines.append(f"| {label} | {cell(s[task])} | {cell(s['cmap'])} | {cell(s['margin'])} | {per_seed} |")
+    attributes = sweep.get("attributes")
+    if attributes:  # which attributes each value hides: the median AP over seeds (chance is about 50)
+        lines += ["", "Median AP per privacy attribute over the same seeds, and the share of tubelets kept:", "",
+                  f"| {name} | " + " | ".join(f"AP {a}" for a in attributes) + " | kept |",
+                  "| --- |" + " --- |" * (len(attributes) + 1)]
+        groups = {"raw video": sweep["raw_points"],
+                  **{label: [p for p in sweep["points"] if p["value"] == label] for label in sweep["summary"]}}
+        for label, mine in groups.items():
+            aps = [statistics.median(p["ap"][i] for p in mine) for i in range(len(attributes))]
+            kept = [p["kept"] for p in mine if p.get("kept") is not None]
+            lines.append(f"| {label} | " + " | ".join(f"{100 * a:.1f}" for a in aps)
+                         + f" | {f'{100 * statistics.median(kept):.0f}%' if kept else '100%'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -255,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
         r = _at_alpha(report["evaluation"], model_cfg.alpha)
         numbers = scores(r)
         margin = numbers.pop("margin")
-        points.append({"value": label, "seed": seed, **numbers, "f1": r.get("f1"), "kept": r.get("kept"),
-                       "margin": margin, "commit": report["sweep_commit"]})
+        points.append({"value": label, "seed": seed, **numbers, "f1": r.get("f1"), "ap": r.get("ap"),
+                       "kept": r.get("kept"), "margin": margin, "commit": report["sweep_commit"]})
     raw_points = []
     base = read_config_file(args.config)
     for seed in args.seeds:
@@ -265,15 +277,18 @@ def run(args: argparse.Namespace) -> int:
         point = args.out / "raw" / f"seed_{seed}"
         evaluation = _cached(point, data, "evaluation.json", _raw_point(point, str(args.config), not args.no_progress),
                              commit)
-        raw_points.append({"seed": seed, **scores(evaluation["rows"]["raw"]), "commit": evaluation["sweep_commit"]})
+        raw = evaluation["rows"]["raw"]
+        raw_points.append({"seed": seed, **scores(raw), "ap": raw.get("ap"), "commit": evaluation["sweep_commit"]})
+        attributes = evaluation["dataset"]["attributes"]
     task = task_score(points[0])[0]  # one dataset, one kind of action task for every point
     sweep = {
         "parameter": f"{section}.{key}", "values": values, "labels": labels, "seeds": list(args.seeds),
-        "task": task, "points": points, "summary": summarize(points, labels, task), "raw_points": raw_points,
+        "task": task, "attributes": attributes, "points": points, "summary": summarize(points, labels, task),
+        "raw_points": raw_points,
         "raw": {metric: _spread([p[metric] for p in raw_points]) for metric in (task, "cmap", "margin")},
         "command": "stprivacy " + " ".join(getattr(args, "argv", []) or ["sweep"]),
         "commit": commit, "machine": machine(), "threads": torch.get_num_threads(),
-        "units": "top1, cmap, margin, f1 and kept are fractions in [0, 1]" + (
+        "units": "top1, cmap, margin, f1, ap (one per attribute) and kept are fractions in [0, 1]" + (
             "; action_cmap too, the task score of a multi-label action task (margin = action_cmap - cmap)"
             if task == "action_cmap" else ""),
     }
