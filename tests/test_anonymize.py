@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from fractions import Fraction
 
@@ -15,6 +16,7 @@ from torch import nn
 from stprivacy.anonymize import (_in_background, anonymize_video, anonymize_window, load_anonymizer, plan_jobs,
                                  resize_frames_uint8, tile_layout)
 from stprivacy.cli import main as cli_main
+from stprivacy.commands.anonymize import default_threads
 from stprivacy.data.video import iter_frames, probe_video
 from stprivacy.model import STPrivacy, STPrivacyConfig
 from stprivacy.train.checkpoint import UnsafeCheckpointError
@@ -51,6 +53,32 @@ def test_command_on_a_file_keeps_length_rate_and_size(tmp_path, checkpoint, caps
     assert cli_main(["anonymize", str(source), "-o", str(coarse), "--checkpoint", str(checkpoint), "--keep-ratio",
                      "0.5", "--crf", "40", "--preset", "ultrafast", "--no-progress"]) == 0
     assert probe_video(coarse).num_frames == 21 and coarse.stat().st_size < out.stat().st_size
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The command sets torch's and OpenCV's thread counts for the process; give the next test its own."""
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    yield
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv2_threads)
+
+
+@pytest.mark.parametrize("cores, expected", [(4, 3), (2, 1), (1, 1), (None, 1)])
+def test_default_threads_leave_one_core_to_decoding_and_encoding(monkeypatch, cores, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_threads() == expected
+
+
+def test_command_without_threads_runs_the_model_on_all_cores_but_one(tmp_path, checkpoint, monkeypatch):
+    source = write_test_video(tmp_path / "in.avi", num_frames=8, height=32, width=32)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert cli_main(["anonymize", str(source), "-o", str(tmp_path / "a.mp4"), "--checkpoint", str(checkpoint),
+                     "--no-progress"]) == 0
+    assert torch.get_num_threads() == 2 and cv2.getNumThreads() == 2
+    assert cli_main(["anonymize", str(source), "-o", str(tmp_path / "b.mp4"), "--checkpoint", str(checkpoint),
+                     "--threads", "1", "--no-progress"]) == 0
+    assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
 
 
 def test_command_on_a_folder_with_stride(tmp_path, checkpoint):

@@ -8,6 +8,7 @@ refuses existing outputs unless ``--overwrite``. With ``--onnx`` the model is a 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -51,8 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of the model (torch's, or onnxruntime's with --onnx) and of OpenCV's "
-                             "resizing (default: each library's own, usually one per core)")
+                             "resizing (default: one fewer than the machine's cores, at least 1: decoding and "
+                             "encoding run beside the model on the remaining core)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def default_threads() -> int:
+    """The model's and OpenCV's threads when ``--threads`` is not given: one fewer than the cores.
+
+    The pass overlaps decoding, the model and encoding (:func:`stprivacy.anonymize.anonymize_video`),
+    and FFmpeg's decoder and encoder need a core of their own: on the 2-core VM the whole pass ran
+    at 54.1 fps with 1 model thread against 46.8 fps with 2 (benchmarks/RESULTS.md, "anonymize")."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     plan_jobs(args.input, args.output, args.overwrite)  # refuse before loading anything
-    if args.threads is not None:
-        import cv2  # the resizing runs in OpenCV (stprivacy.anonymize)
+    threads = args.threads if args.threads is not None else default_threads()
+    import cv2  # the resizing runs in OpenCV (stprivacy.anonymize)
 
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     if args.onnx is not None:
-        model = OnnxAnonymizer(args.onnx, device=args.device, threads=args.threads)
+        model = OnnxAnonymizer(args.onnx, device=args.device, threads=threads)
     else:
         model = load_anonymizer(args.checkpoint, args.config, device=args.device)
     done = anonymize_path(model, args.input, args.output, keep_ratio=args.keep_ratio, stride=args.stride,
