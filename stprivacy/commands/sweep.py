@@ -225,17 +225,16 @@ def to_markdown(sweep: dict[str, Any]) -> str:
     def cell(s: dict[str, float]) -> str:
         return f"{100 * s['median']:.1f} ({100 * s['min']:.1f} to {100 * s['max']:.1f})"
 
+    groups = {"raw video": sweep["raw_points"],  # each row's points, one per seed
+              **{label: [p for p in sweep["points"] if p["value"] == label] for label in sweep["summary"]}}
     for label, s in {"raw video": sweep["raw"], **sweep["summary"]}.items():
-        seeds = [p for p in sweep["points"] if p["value"] == label] if label != "raw video" else sweep["raw_points"]
-        per_seed = ", ".join(f"{p['seed']}: {100 * p[task]:.1f} / {100 * p['cmap']:.1f}" for p in seeds)
+        per_seed = ", ".join(f"{p['seed']}: {100 * p[task]:.1f} / {100 * p['cmap']:.1f}" for p in groups[label])
         lines.append(f"| {label} | {cell(s[task])} | {cell(s['cmap'])} | {cell(s['margin'])} | {per_seed} |")
     attributes = sweep.get("attributes")
     if attributes:  # which attributes each value hides: the median AP over seeds (chance is about 50)
         lines += ["", "Median AP per privacy attribute over the same seeds, and the share of tubelets kept:", "",
                   f"| {name} | " + " | ".join(f"AP {a}" for a in attributes) + " | kept |",
                   "| --- |" + " --- |" * (len(attributes) + 1)]
-        groups = {"raw video": sweep["raw_points"],
-                  **{label: [p for p in sweep["points"] if p["value"] == label] for label in sweep["summary"]}}
         for label, mine in groups.items():
             aps = [statistics.median(p["ap"][i] for p in mine) for i in range(len(attributes))]
             kept = [p["kept"] for p in mine if p.get("kept") is not None]
@@ -279,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
                              commit)
         raw = evaluation["rows"]["raw"]
         raw_points.append({"seed": seed, **scores(raw), "ap": raw.get("ap"), "commit": evaluation["sweep_commit"]})
-        attributes = evaluation["dataset"]["attributes"]
+    attributes = evaluation["dataset"]["attributes"]  # one dataset for every seed
     task = task_score(points[0])[0]  # one dataset, one kind of action task for every point
     sweep = {
         "parameter": f"{section}.{key}", "values": values, "labels": labels, "seeds": list(args.seeds),
